@@ -1,0 +1,88 @@
+"""Image data held as uint8 tensors, split train / validation / test, and a task around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from objectives.models import StagedNet
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # (N, C, H, W) uint8, 0-255
+    y: torch.Tensor  # (N,) int64 class indices
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.x.dtype} {self.x.shape}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class ImageData:
+    train: Split
+    val: Split
+    test: Split
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, in [0, 1] units, for normalization
+    std: tuple[float, ...]
+    crop_padding: int = 0  # pixels of padding for the random-crop augmentation (0 = none)
+    flip: bool = False  # random horizontal flips (not for digits: a mirrored 2 is no 2)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to normalized float32, batched, on whatever device `x` lives."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a study fine-tunes: the data, and a factory for the pretrained model with a new head."""
+
+    name: str
+    data: ImageData
+    make_model: Callable[[int], StagedNet]  # seed of the new head -> model
+
+
+def stratified_split(
+    labels: np.ndarray, *, sizes: tuple[int | float, ...], seed: int
+) -> tuple[np.ndarray, ...]:
+    """Indices of disjoint, stratified parts of sizes `sizes`; the rest forms a last part.
+
+    A size below 1 is a fraction of what the earlier parts left; a larger one is a count.
+    """
+    rest = np.arange(len(labels))
+    parts = []
+    for size in sizes:
+        count = round(size * len(rest)) if size < 1 else int(size)
+        taken, rest = train_test_split(
+            rest, train_size=count, stratify=labels[rest], random_state=seed
+        )
+        parts.append(np.sort(taken))
+    parts.append(np.sort(rest))
+    return tuple(parts)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units."""
+    xf = x.float() / 255.0
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,36 @@
+"""Validation metrics that compare across loss types, whatever loss was trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Accuracy, cross-entropy and macro-F1 of float logits (N, C) against int targets (N,)."""
+    logits = logits.float()
+    predictions = logits.argmax(dim=1)
+    num_classes = logits.shape[1]
+    y_true, y_pred = targets.cpu().numpy(), predictions.cpu().numpy()
+    return {
+        "val_accuracy": float((predictions == targets).float().mean()),
+        "val_cross_entropy": float(torch.nn.functional.cross_entropy(logits, targets)),
+        "val_macro_f1": float(
+            f1_score(y_true, y_pred, labels=np.arange(num_classes), average="macro",
+                     zero_division=0)
+        ),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+
+
+def report_text(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> str:
+    return str(
+        classification_report(
+            y_true, y_pred, labels=np.arange(len(class_names)), target_names=list(class_names),
+            digits=4, zero_division=0,
+        )
+    )

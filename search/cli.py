@@ -1,0 +1,59 @@
+"""Command-line parsing shared by the entry points: parsers composed with `parents=[...]`.
+
+Arguments become keyword arguments once, here; no `args` object travels into the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def store_parser() -> argparse.ArgumentParser:
+    """The study and where it lives: common to search.run, and later search.report/refit."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("study and stores")
+    group.add_argument("--study", required=True,
+                       help="which study (search space and data) to run, e.g. digits")
+    group.add_argument("--name", default=None,
+                       help="name of the Optuna study and MLflow experiment (default: the study)")
+    group.add_argument("--storage", default=None,
+                       help="Optuna storage: a journal file path (default mlruns/optuna.journal), "
+                            "sqlite:///FILE, postgresql://..., mysql://... or redis://...")
+    group.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db, artifacts "
+                            "under mlruns/artifacts)")
+    return parser
+
+
+def die(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

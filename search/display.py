@@ -1,0 +1,127 @@
+"""What a person watching a search sees: a line per trial, a progress bar, and a leaderboard."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# A choice and the parameters that only exist under it are shown together in one column.
+_LOSS_PARAMS = {"label_smoothing": "eps", "focal_gamma": "gamma", "huber_delta": "delta",
+                "kl_smoothing": "eps"}
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+    return str(value)
+
+
+def key_columns(params: dict[str, Any]) -> dict[str, str]:
+    """The parameters people compare, one readable cell each."""
+    cells: dict[str, str] = {}
+    if "loss" in params:
+        extra = [f"{short}={fmt(params[k])}" for k, short in _LOSS_PARAMS.items() if k in params]
+        cells["loss"] = params["loss"] + (f"({', '.join(extra)})" if extra else "")
+    if "penalty" in params:
+        lam = params.get("penalty_lambda")
+        cells["penalty"] = params["penalty"] + (f" {fmt(lam)}" if lam is not None else "")
+    if "optimizer" in params:
+        extra = [fmt(params["momentum"])] if "momentum" in params else []
+        if params.get("nesterov"):
+            extra.append("nesterov")
+        cells["optimizer"] = params["optimizer"] + (f"({', '.join(extra)})" if extra else "")
+    for key, title in (("lr", "lr"), ("freeze_depth", "freeze"), ("batch_size", "batch")):
+        if key in params:
+            cells[title] = fmt(params[key])
+    known = {"loss", "penalty", "penalty_lambda", "optimizer", "momentum", "nesterov", "lr",
+             "freeze_depth", "batch_size", *_LOSS_PARAMS}
+    cells.update({k: fmt(v) for k, v in params.items() if k not in known})
+    return cells
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in key_columns(params).items())
+
+
+class ProgressDisplay:
+    """An Optuna callback: prints one line per finished trial and keeps a live progress bar."""
+
+    def __init__(self, console: Console, *, budget: int, finished: int, metric: str) -> None:
+        self.console = console
+        self.budget = budget
+        self.metric = metric
+        self.counts: Counter[str] = Counter()
+        self.progress = Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+            transient=True,
+        )
+        self.task_id = self.progress.add_task("", total=budget, completed=finished)
+
+    def __enter__(self) -> ProgressDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        state = trial.state.name
+        self.counts[state] += 1
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"{self.metric}={trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at epoch {trial.user_attrs.get('pruned_epoch', '?')}"
+        else:
+            outcome = trial.user_attrs.get("fail_reason", "failed")
+        best = _best(study)
+        best_text = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
+        self.console.print(
+            f"trial {trial.number:>3} {state:<8} {outcome}  [{describe_params(trial.params)}]  "
+            f"{seconds:.1f}s  {best_text}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                 TrialState.PRUNED)))
+        self.progress.update(
+            self.task_id, completed=min(finished, self.budget),
+            description=f"{best_text}  pruned {self.counts['PRUNED']}  "
+                        f"failed {self.counts['FAIL']}",
+        )
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top]  # type: ignore[arg-type]
+    rows = [key_columns(t.params) for t in ranked]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {metric}")
+    for column in ("rank", "trial", metric):
+        table.add_column(column, justify="right", no_wrap=True)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for rank, (trial, row) in enumerate(zip(ranked, rows), 1):
+        table.add_row(str(rank), str(trial.number), f"{trial.value:.4f}",
+                      *(row.get(c, "") for c in columns))
+    return table
+
+
+def state_summary(study: optuna.Study) -> str:
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    order = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    return ", ".join(f"{counts[s]} {s.lower()}" for s in order if counts[s]) or "no trials"

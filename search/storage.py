@@ -1,0 +1,46 @@
+"""Optuna storages by URL: a journal file (default), an RDB (SQLite, PostgreSQL, MySQL), Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+from search.errors import UsageError
+from search.urls import mask_text, mask_url
+
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The Optuna storage behind `url`: a journal file path, an RDB URL or a redis:// URL."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    try:
+        if scheme in RDB_SCHEMES:
+            # pool_pre_ping survives a restarted database server (connections are checked).
+            engine_kwargs = {} if scheme == "sqlite" else {"pool_pre_ping": True}
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        if scheme in ("redis", "rediss"):
+            return JournalStorage(JournalRedisBackend(url))
+        if scheme:
+            raise UsageError(
+                f"unsupported storage URL {mask_url(url)!r}: use a journal file path, "
+                "sqlite:///FILE, postgresql://, mysql:// or redis://"
+            )
+        path = Path(url)
+        if path.is_dir():
+            raise UsageError(f"storage {url!r} is a folder: give a journal file path inside it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except UsageError:
+        raise
+    except (ImportError, ModuleNotFoundError) as e:
+        raise UsageError(f"storage {mask_url(url)!r} needs a missing package: {e}") from None
+    except Exception as e:  # any driver's connection or parse error
+        reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__, url)
+        raise UsageError(
+            f"cannot open storage {mask_url(url)!r}: {reason} (check the URL and that the "
+            "server is reachable)"
+        ) from None
+

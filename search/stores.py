@@ -1,0 +1,77 @@
+"""Where a search keeps its state: the embedded default under mlruns/, or the URLs given."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.errors import UsageError
+from search.urls import mask_url
+
+MLRUNS = Path("mlruns")
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+@dataclass(frozen=True)
+class Stores:
+    storage: str  # Optuna storage URL or journal file path
+    tracking_uri: str
+    artifact_location: str | None  # for a new experiment; None lets the tracking server decide
+    cache_dir: Path | None  # on-disk caches (pretrained backbones); None when not writable
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to {folder}/ ({e.strerror or e}): run from a folder you can write to, "
+            "or give --storage and --tracking-uri"
+        ) from None
+
+
+def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
+    """Fill in the defaults under ./mlruns and check what can be checked before any trial."""
+    if storage is None or tracking_uri is None:
+        _check_writable(MLRUNS)
+    tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri \
+        else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise UsageError(
+            f"unsupported tracking URI {mask_url(tracking_uri)!r}: MLflow 3.13+ has no file "
+            "store; use sqlite:///PATH/mlflow.db, postgresql://..., or http://HOST:PORT"
+        )
+    artifact_location = None
+    if scheme == "sqlite":
+        database = Path(tracking_uri.split(":///", 1)[1]) if ":///" in tracking_uri else None
+        if database is None or str(database) in ("", ":memory:"):
+            raise UsageError(f"tracking URI {tracking_uri!r} names no database file")
+        _check_writable(database.parent)
+        # A local artifact root beside the database, as the embedded default keeps it.
+        artifact_location = (database.parent / "artifacts").resolve().as_uri()
+    cache = MLRUNS / "cache"
+    cache_dir = cache if _writable(MLRUNS) else None
+    return Stores(
+        storage=storage or str(MLRUNS / "optuna.journal"),
+        tracking_uri=tracking_uri,
+        artifact_location=artifact_location,
+        cache_dir=cache_dir,
+    )
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store (password masked)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {mask_url(tracking_uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {mask_url(tracking_uri)}"

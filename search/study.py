@@ -1,0 +1,78 @@
+"""Samplers, pruners and the Optuna study: chosen by name, seeded, created once and resumed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _tpe(seed: int) -> BaseSampler:
+    # multivariate + group: the conditional parameters (huber_delta only under huber) are modelled
+    # jointly with the choice that enables them (Falkner et al. 2018, as in Optuna's docs).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
+    "tpe": _tpe,
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    # CMA-ES models the continuous parameters; the categorical ones fall back to random.
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+}
+
+
+def _pruner(name: str, epochs: int) -> BasePruner:
+    if name == "hyperband":
+        # Li et al. 2018; resources are epochs, the brackets span 1 epoch to the full run.
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                              reduction_factor=3)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    warmup = max(1, epochs // 5)  # the first epochs of every trial are too noisy to judge
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=warmup)
+    return optuna.pruners.NopPruner()
+
+
+PRUNERS = ("hyperband", "median", "asha", "percentile", "none")
+
+
+def make_sampler(name: str, seed: int) -> BaseSampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](seed)
+
+
+def make_pruner(name: str, *, epochs: int) -> BasePruner:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; known pruners: {', '.join(PRUNERS)}")
+    return _pruner(name, epochs)
+
+
+def open_study(
+    *, name: str, storage: BaseStorage, direction: str, sampler: BaseSampler, pruner: BasePruner
+) -> optuna.Study:
+    """The study called `name` in `storage`, created the first time (resumed after that)."""
+    return optuna.create_study(
+        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def state_counts(study: optuna.Study) -> Counter[str]:
+    trials = study.get_trials(deepcopy=False)
+    return Counter(t.state.name for t in trials)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

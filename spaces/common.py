@@ -1,0 +1,52 @@
+"""The parts of the search space every study shares: loss, penalty, optimizer.
+
+Each helper makes its `suggest_*` calls and returns TrialConfig keyword arguments. Conditional
+parameters are plain `if`s, so a trial only carries the parameters that apply to it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from objectives.losses import LOSS_NAMES
+from objectives.optim import OPTIMIZERS
+from objectives.penalties import PENALTIES
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def suggest_loss(trial: optuna.Trial) -> dict[str, Any]:
+    loss = trial.suggest_categorical("loss", LOSS_NAMES)
+    params: dict[str, Any] = {"loss": loss}
+    if loss == "label_smoothing":
+        params["label_smoothing"] = trial.suggest_float("label_smoothing", 0.01, 0.3)
+    elif loss == "focal":
+        params["focal_gamma"] = trial.suggest_float("focal_gamma", 0.5, 5.0)
+    elif loss == "huber":
+        # Errors are probabilities in [0, 1]: a delta of 1 or more is plain (halved) MSE.
+        params["huber_delta"] = trial.suggest_float("huber_delta", 0.01, 1.0, log=True)
+    elif loss == "kl":
+        params["kl_smoothing"] = trial.suggest_float("kl_smoothing", 0.01, 0.3)
+    return params
+
+
+def suggest_penalty(trial: optuna.Trial, *, low: float = 1e-7, high: float = 1e-2) -> dict[str, Any]:
+    penalty = trial.suggest_categorical("penalty", PENALTIES)
+    params: dict[str, Any] = {"penalty": penalty}
+    if penalty != "none":
+        params["penalty_lambda"] = trial.suggest_float("penalty_lambda", low, high, log=True)
+    return params
+
+
+def suggest_optimizer(trial: optuna.Trial, *, lr: tuple[float, float] = (1e-4, 0.3)) -> dict[str, Any]:
+    optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
+    params: dict[str, Any] = {
+        "optimizer": optimizer,
+        "lr": trial.suggest_float("lr", *lr, log=True),
+    }
+    if optimizer in ("momentum", "rmsprop"):
+        params["momentum"] = trial.suggest_float("momentum", 0.5, 0.99)
+    if optimizer == "momentum":
+        params["nesterov"] = trial.suggest_categorical("nesterov", (False, True))
+    return params
