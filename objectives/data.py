@@ -19,7 +19,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.x.dtype != torch.uint8 or self.x.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.x.dtype} {self.x.shape}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}"
+            )
         if len(self.x) != len(self.y):
             raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
 
@@ -54,7 +56,7 @@ class ImageData:
 
 @dataclass(frozen=True)
 class Task:
-    """What a study fine-tunes: the data, and a factory for the pretrained model with a new head."""
+    """The data, and a factory of the pretrained model with a new head."""
 
     name: str
     data: ImageData

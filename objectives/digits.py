@@ -29,7 +29,9 @@ def _digit_images() -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(x[:, None]), digits.target
 
 
-def _subset(x: torch.Tensor, y: np.ndarray, classes: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+def _subset(
+    x: torch.Tensor, y: np.ndarray, classes: tuple[int, ...]
+) -> tuple[torch.Tensor, np.ndarray]:
     keep = np.isin(y, classes)
     relabel = {c: i for i, c in enumerate(classes)}
     return x[torch.from_numpy(keep)], np.array([relabel[c] for c in y[keep]])

@@ -115,7 +115,7 @@ def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for column in columns:
         table.add_column(column, no_wrap=True)
-    for rank, (trial, row) in enumerate(zip(ranked, rows), 1):
+    for rank, (trial, row) in enumerate(zip(ranked, rows, strict=True), 1):
         table.add_row(str(rank), str(trial.number), f"{trial.value:.4f}",
                       *(row.get(c, "") for c in columns))
     return table

@@ -43,7 +43,10 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    kwargs = vars(build_parser().parse_args(argv))
+    try:
+        kwargs = vars(build_parser().parse_args(argv))
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
     try:
         return run(**kwargs)
     except UsageError as e:
@@ -118,7 +121,7 @@ def run(
     # Logs and CI have no terminal: keep table rows whole rather than 80 columns wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        tracker = Tracker(tracking_uri=stores.tracking_uri, experiment=name,
+        tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
                           artifact_location=stores.artifact_location)
     except Exception as e:  # any store or server error, as one line
         reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__,

@@ -18,7 +18,8 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "
 @dataclass(frozen=True)
 class Stores:
     storage: str  # Optuna storage URL or journal file path
-    tracking_uri: str
+    tracking_uri: str  # as the user gave it (or the default), for messages
+    client_uri: str  # what MlflowClient gets: SQLite paths made absolute
     artifact_location: str | None  # for a new experiment; None lets the tracking server decide
     cache_dir: Path | None  # on-disk caches (pretrained backbones); None when not writable
 
@@ -49,6 +50,7 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
             "store; use sqlite:///PATH/mlflow.db, postgresql://..., or http://HOST:PORT"
         )
     artifact_location = None
+    client_uri = tracking_uri
     if scheme == "sqlite":
         database = Path(tracking_uri.split(":///", 1)[1]) if ":///" in tracking_uri else None
         if database is None or str(database) in ("", ":memory:"):
@@ -56,11 +58,15 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
         _check_writable(database.parent)
         # A local artifact root beside the database, as the embedded default keeps it.
         artifact_location = (database.parent / "artifacts").resolve().as_uri()
+        # MLflow caches its store per URI string: a relative sqlite:///mlruns/... would keep
+        # pointing at the first folder's database when the working directory changes.
+        client_uri = "sqlite:///" + str(database.resolve())
     cache = MLRUNS / "cache"
     cache_dir = cache if _writable(MLRUNS) else None
     return Stores(
         storage=storage or str(MLRUNS / "optuna.journal"),
         tracking_uri=tracking_uri,
+        client_uri=client_uri,
         artifact_location=artifact_location,
         cache_dir=cache_dir,
     )

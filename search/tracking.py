@@ -152,7 +152,7 @@ class Tracker:
 
 
 class TrialRun:
-    """One trial's child run. Its methods return at once; the work happens on the tracking thread."""
+    """One trial's child run: its methods return at once, the tracking thread does the work."""
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker = tracker

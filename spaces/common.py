@@ -31,7 +31,9 @@ def suggest_loss(trial: optuna.Trial) -> dict[str, Any]:
     return params
 
 
-def suggest_penalty(trial: optuna.Trial, *, low: float = 1e-7, high: float = 1e-2) -> dict[str, Any]:
+def suggest_penalty(
+    trial: optuna.Trial, *, low: float = 1e-7, high: float = 1e-2
+) -> dict[str, Any]:
     penalty = trial.suggest_categorical("penalty", PENALTIES)
     params: dict[str, Any] = {"penalty": penalty}
     if penalty != "none":
@@ -39,7 +41,9 @@ def suggest_penalty(trial: optuna.Trial, *, low: float = 1e-7, high: float = 1e-
     return params
 
 
-def suggest_optimizer(trial: optuna.Trial, *, lr: tuple[float, float] = (1e-4, 0.3)) -> dict[str, Any]:
+def suggest_optimizer(
+    trial: optuna.Trial, *, lr: tuple[float, float] = (1e-4, 0.3)
+) -> dict[str, Any]:
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
     params: dict[str, Any] = {
         "optimizer": optimizer,

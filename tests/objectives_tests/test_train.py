@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from objectives.config import TrialConfig
+from objectives.data import ImageData, Split, Task, channel_stats
+from objectives.losses import LOSS_NAMES
+from objectives.models import StagedNet, new_head, small_cnn
+from objectives.optim import OPTIMIZERS
+from objectives.penalties import PENALTIES
+from objectives.train import DivergedError, FineTuneResult, fine_tune
+
+NUM_CLASSES = 4
+BASE_KEYS = {
+    "train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "lr", "epoch_seconds",
+    "images_per_second",
+}
+
+
+def _split(n: int, seed: int) -> Split:
+    """Noisy 8x8 images; the class decides which 4x4 quadrant is bright."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randperm(n, generator=g) % NUM_CLASSES
+    x = torch.randint(0, 80, (n, 1, 8, 8), generator=g)
+    for q in range(NUM_CLASSES):
+        r, c = divmod(q, 2)
+        x[y == q, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 170
+    return Split(x.to(torch.uint8), y)
+
+
+def _make_model(seed: int) -> StagedNet:
+    # The "pretrained" backbone is the same for every seed; only the head depends on it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        model = small_cnn(NUM_CLASSES, width=8)
+    new_head(model, NUM_CLASSES, seed=seed)
+    return model
+
+
+def _task(*, crop_padding: int = 1, flip: bool = False) -> Task:
+    train, val, test = _split(240, 1), _split(80, 2), _split(80, 3)
+    mean, std = channel_stats(train.x)
+    data = ImageData(train, val, test, ("tl", "tr", "bl", "br"), mean, std,
+                     crop_padding=crop_padding, flip=flip)
+    return Task("quadrants", data, _make_model)
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return _task()
+
+
+def _config(**changes: object) -> TrialConfig:
+    base = TrialConfig(optimizer="adamw", lr=1e-2, batch_size=32, epochs=1, warmup_epochs=0.5)
+    return base.replace(**changes)
+
+
+def _run(config: TrialConfig, task: Task) -> tuple[FineTuneResult, list[tuple[int, dict]]]:
+    calls: list[tuple[int, dict]] = []
+    result = fine_tune(config, task, on_epoch=lambda e, m: calls.append((e, dict(m))))
+    return result, calls
+
+
+def _check_metrics(metrics: dict[str, float], config: TrialConfig, n_train: int) -> None:
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["train_loss"] >= 0
+    assert 0 <= metrics["val_accuracy"] <= 1
+    assert 0 <= metrics["val_macro_f1"] <= 1
+    assert metrics["val_cross_entropy"] >= 0
+    assert 0 < metrics["lr"] <= config.lr * (1 + 1e-9)
+    assert metrics["epoch_seconds"] > 0
+    assert metrics["images_per_second"] > 0
+    # images_per_second counts training images over (at most) the epoch's wall time.
+    assert metrics["images_per_second"] >= n_train / metrics["epoch_seconds"] * (1 - 1e-9)
+
+
+def test_callback_once_per_epoch_with_the_metrics(task: Task) -> None:
+    config = _config(epochs=3)
+    result, calls = _run(config, task)
+    assert [e for e, _ in calls] == [1, 2, 3]
+    for (_, metrics), entry in zip(calls, result.history, strict=True):
+        assert set(metrics) == BASE_KEYS
+        assert metrics == entry
+        _check_metrics(metrics, config, len(task.data.train))
+    assert result.final == result.history[-1]
+    assert result.val_logits is not None and result.val_targets is not None
+    assert result.val_logits.shape == (len(task.data.val), NUM_CLASSES)
+    assert result.val_logits.dtype == torch.float32
+    assert torch.equal(result.val_targets, task.data.val.y)
+
+
+def test_learns_the_pattern(task: Task) -> None:
+    result, calls = _run(_config(epochs=3), task)
+    accuracy = calls[-1][1]["val_accuracy"]
+    assert accuracy > 0.8  # chance is 0.25
+    assert calls[-1][1]["train_loss"] < calls[0][1]["train_loss"]
+    # The returned model is the trained one: its predictions give that accuracy.
+    result.model.eval()
+    with torch.no_grad():
+        logits = result.model(task.data.normalize(task.data.val.x))
+    assert float((logits.argmax(1) == task.data.val.y).float().mean()) == pytest.approx(accuracy)
+
+
+def test_lr_follows_the_schedule_to_near_zero(task: Task) -> None:
+    _, calls = _run(_config(epochs=4, warmup_epochs=1, lr=0.02), task)
+    lrs = [m["lr"] for _, m in calls]
+    assert lrs[0] == pytest.approx(0.02)  # last step of the warmup epoch is the peak
+    assert lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < 0.02 * 0.05
+
+
+def test_callback_exception_propagates_and_stops_training(task: Task) -> None:
+    epochs: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        epochs.append(epoch)
+        if epoch == 2:
+            raise Stop("pruned")
+
+    with pytest.raises(Stop, match="pruned"):
+        fine_tune(_config(epochs=5), task, on_epoch=on_epoch)
+    assert epochs == [1, 2]
+
+
+def test_huge_learning_rate_raises_diverged_error(task: Task) -> None:
+    calls: list[int] = []
+    config = _config(optimizer="sgd", lr=1e20, warmup_epochs=0, epochs=3)
+    with pytest.raises(DivergedError, match="epoch 1") as info:
+        fine_tune(config, task, on_epoch=lambda e, m: calls.append(e))
+    assert info.value.epoch == 1
+    assert not math.isfinite(info.value.value)
+    assert isinstance(info.value, RuntimeError)
+    assert calls == []
+
+
+def _stage_state(model: StagedNet, depth: int) -> dict[str, torch.Tensor]:
+    prefixes = tuple(f"stages.{i}." for i in range(depth))
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_frozen_stages_are_unchanged(task: Task, depth: int) -> None:
+    config = _config(freeze_depth=depth, epochs=2, penalty="l2", penalty_lambda=1e-3,
+                     weight_decay=1e-2)
+    pretrained = _make_model(config.seed)
+    trained = fine_tune(config, task).model
+    before = _stage_state(pretrained, 3)
+    after = _stage_state(trained, 3)
+    for key, value in before.items():
+        stage = int(key.split(".")[1])
+        if stage < depth:  # weights and BatchNorm statistics alike
+            assert torch.equal(after[key], value), key
+    changed = {int(k.split(".")[1]) for k, v in before.items() if not torch.equal(after[k], v)}
+    assert changed == set(range(depth, 3))
+    assert not torch.equal(trained.head.weight, pretrained.head.weight)
+
+
+def test_nothing_frozen_at_depth_zero(task: Task) -> None:
+    pretrained = _make_model(0)
+    trained = fine_tune(_config(freeze_depth=0), task).model
+    for name, p in pretrained.named_parameters():
+        assert not torch.equal(p, dict(trained.named_parameters())[name]), name
+
+
+def _without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    drop = {"epoch_seconds", "images_per_second"}
+    return [{k: v for k, v in h.items() if k not in drop} for h in history]
+
+
+def test_same_config_and_seed_give_identical_history() -> None:
+    task = _task(crop_padding=1, flip=True)  # both augmentations draw random numbers
+    config = _config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
+    a = fine_tune(config, task)
+    torch.manual_seed(999)  # the global RNG plays no part
+    b = fine_tune(config, task)
+    assert _without_timing(a.history) == _without_timing(b.history)
+    assert a.val_logits is not None and b.val_logits is not None
+    assert torch.equal(a.val_logits, b.val_logits)
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(p, q), name
+    c = fine_tune(config.replace(seed=1), task)
+    assert _without_timing(c.history) != _without_timing(a.history)
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_every_loss_runs(task: Task, loss: str) -> None:
+    config = _config(loss=loss)
+    _, calls = _run(config, task)
+    assert [e for e, _ in calls] == [1]
+    assert set(calls[0][1]) == BASE_KEYS
+    _check_metrics(calls[0][1], config, len(task.data.train))
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_every_penalty_runs(task: Task, penalty: str) -> None:
+    lam = 0.0 if penalty == "none" else 1e-3
+    config = _config(penalty=penalty, penalty_lambda=lam)
+    _, calls = _run(config, task)
+    metrics = calls[0][1]
+    if penalty == "none":
+        assert set(metrics) == BASE_KEYS
+    else:
+        assert set(metrics) == BASE_KEYS | {"train_penalty"}
+        assert math.isfinite(metrics["train_penalty"]) and metrics["train_penalty"] > 0
+    _check_metrics(metrics, config, len(task.data.train))
+
+
+@pytest.mark.parametrize(
+    ("penalty", "lam", "depth"),
+    [("l2", 0.0, 0), ("l1", 0.0, 1), ("l2_sp", 1e-3, 3)],  # zero lambda; l2_sp of a probe
+)
+def test_inactive_penalty_reports_no_train_penalty(
+    task: Task, penalty: str, lam: float, depth: int
+) -> None:
+    _, calls = _run(_config(penalty=penalty, penalty_lambda=lam, freeze_depth=depth), task)
+    assert set(calls[0][1]) == BASE_KEYS
+
+
+def test_l2_sp_penalty_is_the_distance_to_pretrained(task: Task) -> None:
+    # Anchored at the pretrained weights: after training the distance is small but positive.
+    _, calls = _run(_config(penalty="l2_sp", penalty_lambda=1.0, epochs=2), task)
+    values = [m["train_penalty"] for _, m in calls]
+    assert 0 < values[0]
+    l2 = _run(_config(penalty="l2", penalty_lambda=1.0), task)[1][0][1]["train_penalty"]
+    assert values[0] < l2  # distance to pretrained, not to zero
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_runs(task: Task, optimizer: str) -> None:
+    lr = 1e-3 if optimizer in ("adam", "adamw", "rmsprop") else 0.05
+    config = _config(optimizer=optimizer, lr=lr, nesterov=optimizer == "momentum")
+    result, calls = _run(config, task)
+    _check_metrics(calls[0][1], config, len(task.data.train))
+    # Training moved the weights.
+    assert not torch.equal(result.model.head.weight, _make_model(0).head.weight)
+
+
+def test_batch_larger_than_the_data_is_clipped(task: Task) -> None:
+    config = _config(batch_size=10_000, epochs=2)
+    _, calls = _run(config, task)
+    assert [e for e, _ in calls] == [1, 2]
+    _check_metrics(calls[-1][1], config, len(task.data.train))
+
+
+def test_config_is_not_modified(task: Task) -> None:
+    config = _config(epochs=1)
+    snapshot = dataclasses.asdict(config)
+    fine_tune(config, task)
+    assert dataclasses.asdict(config) == snapshot

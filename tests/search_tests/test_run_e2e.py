@@ -1,0 +1,124 @@
+"""search.run end to end on the digits study, checked through Optuna and MLflow as a user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from objectives.models import small_cnn
+from search.run import main
+from tests.search_tests.conftest import client, load_study, runs
+
+TINY = ["--study", "digits", "--epochs", "3"]
+
+
+def test_search_tracks_every_trial(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--trials", "4", "--pruner", "none"]) == 0
+    out = capsys.readouterr().out
+
+    study = load_study(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    parents, trials = runs(workdir)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.metrics["trials_complete"] == 4
+    assert len(trials) == 4
+
+    mlflow = client(workdir)
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in trials}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["version.torch"] == torch.__version__
+        assert run.data.tags["version.optuna"] == optuna.__version__
+        # Every sampled parameter under its own name, with the value Optuna holds.
+        for name, value in trial.params.items():
+            assert run.data.params[name] == str(value)
+        for name in ("loss", "penalty", "optimizer", "lr", "freeze_depth", "batch_size"):
+            assert name in run.data.params
+        assert run.data.params["epochs"] == "3"
+        # Per-epoch curves with the epoch as step.
+        for key in ("train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "lr",
+                    "epoch_seconds", "images_per_second"):
+            history = mlflow.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == [1, 2, 3], key
+        accuracy = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id,
+                                                                       "val_accuracy")}
+        assert accuracy[3] == pytest.approx(trial.value)
+        assert trial.intermediate_values == pytest.approx(accuracy)
+        artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
+        assert {"config.json", "confusion_matrix.png", "classification_report.txt"} <= artifacts
+        config = json.loads(Path(mlflow.download_artifacts(run.info.run_id, "config.json",
+                                                           str(workdir / f"dl{trial.number}")))
+                            .read_text())
+        assert config["loss"] == trial.params["loss"]
+        assert config["lr"] == pytest.approx(trial.params["lr"])
+        png = Path(mlflow.download_artifacts(run.info.run_id, "confusion_matrix.png",
+                                             str(workdir / f"dl{trial.number}")))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The best trial's weights are logged and load into the digits backbone.
+    best = by_number[study.best_trial.number]
+    assert best.data.tags["best_so_far"] == "true"
+    weights = mlflow.download_artifacts(best.info.run_id, "model/state_dict.pt",
+                                        str(workdir / "best"))
+    model = small_cnn(5)
+    model.load_state_dict(torch.load(weights))
+
+    assert "top 4 trials" in out
+    assert "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in out
+    assert "4 complete" in out
+
+
+def test_resume_continues_the_same_study_and_parent_run(workdir: Path) -> None:
+    assert main([*TINY, "--trials", "2", "--pruner", "none"]) == 0
+    first = load_study(workdir)
+    first_params = [t.params for t in first.trials]
+    assert main(["--study", "digits", "--trials", "4", "--pruner", "none"]) == 0
+
+    study = load_study(workdir)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    # The resumed sampler does not replay the first run's draws.
+    assert [t.params for t in study.trials[2:]] != first_params
+    parents, trials = runs(workdir)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    # A budget already met runs nothing more.
+    assert main(["--study", "digits", "--trials", "4"]) == 0
+    assert len(load_study(workdir).trials) == 4
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_search_goes_on(workdir: Path) -> None:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend("mlruns/optuna.journal"))
+    study = optuna.create_study(study_name="digits", storage=storage, direction="maximize")
+    # A user's enqueued config with an absurd learning rate: the loss blows up.
+    study.enqueue_trial({"loss": "cross_entropy", "penalty": "none", "optimizer": "sgd",
+                         "lr": 1e12, "freeze_depth": 0, "batch_size": 16})
+    with pytest.warns(UserWarning, match="out of range"):
+        assert main([*TINY, "--trials", "2", "--pruner", "none"]) == 0
+
+    study = load_study(workdir)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    failed = study.trials[0]
+    assert failed.user_attrs["fail_reason"].startswith("diverged: training loss is")
+    assert "epoch 1" in failed.user_attrs["fail_reason"]
+    _, trials = runs(workdir)
+    run = next(r for r in trials if r.data.tags["optuna.trial_number"] == "0")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["optuna.fail_reason"] == failed.user_attrs["fail_reason"]
+    assert not any(r.info.status == "RUNNING" for r in trials)
