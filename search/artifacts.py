@@ -28,7 +28,8 @@ def log_evaluation(run: TrialRun, logits: torch.Tensor, targets: torch.Tensor,
                             "classification_report.txt")
         write_bytes(run.client, run.run_id, png, "confusion_matrix.png")
         header = ",".join(["true\\predicted", *class_names])
-        rows = [",".join([name, *map(str, row)]) for name, row in zip(class_names, matrix, strict=True)]
+        rows = [",".join([name, *map(str, row)])
+                for name, row in zip(class_names, matrix, strict=True)]
         run.client.log_text(run.run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
 
     run.log_later("render confusion matrix", render)
