@@ -74,8 +74,16 @@ def load_digits_task(
 
     x, y = _digit_images()
     x, y = _subset(x, y, TARGET_CLASSES)
-    train_size = train_per_class * len(TARGET_CLASSES)
-    train, val, test = stratified_split(y, sizes=(train_size, 0.5), seed=seed)
+    # Exactly `train_per_class` labelled images of each digit (a stratified split of the total
+    # would round per class), then the rest halved into validation and test, stratified.
+    rng = np.random.default_rng(seed)
+    train = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(y == c), size=train_per_class, replace=False)
+        for c in range(len(TARGET_CLASSES))
+    ]))
+    rest = np.setdiff1d(np.arange(len(y)), train)
+    val_part, test_part = stratified_split(y[rest], sizes=(0.5,), seed=seed)
+    val, test = rest[val_part], rest[test_part]
     mean, std = channel_stats(x[torch.from_numpy(train)])
     labels = torch.from_numpy(y)
 

@@ -71,9 +71,12 @@ class Search:
             _TASKS[key] = self.spec.task(cache_dir=self.stores.cache_dir, seed=self.seed)
         return _TASKS[key]
 
-    def optimize(self, *, timeout: float | None = None,
+    def optimize(self, *, timeout: float | None = None, n_trials: int | None = None,
                  callbacks: Sequence[Callback] = ()) -> None:
-        """Run trials until the study has its budget of finished trials (or the timeout)."""
+        """Run trials until the study has its budget of finished trials (or the timeout).
+
+        `n_trials` stops after that many more trials of this process (the benchmark's steps).
+        """
         if self.finished >= self.budget:
             return
         runner = TrialRunner(study=self.spec, task=self.task(), tracker=self.tracker,
@@ -81,7 +84,7 @@ class Search:
                              seed=self.seed, device=self.device)
         failures = _FailureGuard(limit=max(self.budget, 10))
         self.study.optimize(
-            runner, n_trials=None, timeout=timeout, catch=(Exception,),
+            runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
             callbacks=[*callbacks, failures,
                        optuna.study.MaxTrialsCallback(self.budget, states=FINISHED)],
             gc_after_trial=False,

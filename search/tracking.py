@@ -8,14 +8,13 @@ buffered and written in batches, artifacts are rendered and written after the tr
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import platform
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -151,14 +150,22 @@ class Tracker:
         return trial_run
 
 
+Artifact = str | bytes | Callable[[], str | bytes]
+
+
 class TrialRun:
-    """One trial's child run: its methods return at once, the tracking thread does the work."""
+    """One trial's child run: its methods return at once, the tracking thread does the work.
+
+    Metrics are buffered and artifacts staged; `finish` writes them with the final state in one
+    batch and one artifact copy, which is what keeps tracking cheap for short trials.
+    """
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
         self._buffer: list[Metric] = []
+        self._artifacts: dict[str, Artifact] = {}
         self._last_flush = time.monotonic()
         self.finished = False
 
@@ -166,31 +173,16 @@ class TrialRun:
         now = _now()
         self._buffer.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self._flush_metrics()
-
-    def _flush_metrics(self) -> None:
-        if self._buffer:
             batch, self._buffer = self._buffer, []
-            # log_batch takes at most 1000 metrics per call.
-            for i in range(0, len(batch), 1000):
-                self.tracker.submit("log metrics", self.client.log_batch, self.run_id,
-                                    metrics=batch[i : i + 1000])
-        self._last_flush = time.monotonic()
+            self.tracker.submit("log metrics", _log_metrics, self.client, self.run_id, batch)
+            self._last_flush = time.monotonic()
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.tracker.submit(f"log {artifact_file}", self.client.log_text, self.run_id, text,
-                            artifact_file)
+    def add_artifact(self, path: str, content: Artifact) -> None:
+        """Stage an artifact for `finish`; a callable is rendered on the tracking thread."""
+        self._artifacts[path] = content
 
-    def log_json(self, data: Any, artifact_file: str) -> None:
-        self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
-
-    def log_bytes(self, data: bytes, artifact_file: str) -> None:
-        self.tracker.submit(f"log {artifact_file}", write_bytes, self.client, self.run_id, data,
-                            artifact_file)
-
-    def log_later(self, what: str, fn: Callable[[TrialRun], None]) -> None:
-        """Run `fn(self)` on the tracking thread: for artifacts that are slow to render."""
-        self.tracker.submit(what, fn, self)
+    def add_json(self, path: str, data: Any) -> None:
+        self.add_artifact(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
     def finish(self, state: str, *, tags: dict[str, str] | None = None,
                metrics: dict[str, float] | None = None, killed: bool = False) -> None:
@@ -201,21 +193,39 @@ class TrialRun:
         if metrics:
             now = _now()
             self._buffer.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
-        self._flush_metrics()
         status = "KILLED" if killed else {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(
             state, "FAILED")
-        self.tracker.submit("set tags", self.client.log_batch, self.run_id,
-                            tags=_tags({"optuna.state": state, **(tags or {})}))
-        self.tracker.submit("end run", self.client.set_terminated, self.run_id, status=status)
+        self.tracker.submit(
+            f"finish run {self.run_id}", _finish, self.client, self.run_id,
+            metrics=self._buffer, tags=_tags({"optuna.state": state, **(tags or {})}),
+            artifacts=self._artifacts, status=status,
+        )
+        self._buffer, self._artifacts = [], {}
         self.finished = True
 
 
-def write_bytes(client: MlflowClient, run_id: str, data: bytes, artifact_file: str) -> None:
-    path = Path(artifact_file)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / path.name
-        local.write_bytes(data)
-        client.log_artifact(run_id, str(local), str(path.parent) if path.parent.name else None)
+def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric],
+                 tags: Sequence[RunTag] = ()) -> None:
+    # log_batch takes at most 1000 metrics per call.
+    for i in range(0, max(len(metrics), 1), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000], tags=tags if i == 0 else ())
+
+
+def _finish(client: MlflowClient, run_id: str, *, metrics: list[Metric], tags: list[RunTag],
+            artifacts: dict[str, Artifact], status: str) -> None:
+    _log_metrics(client, run_id, metrics, tags)
+    if artifacts:
+        with tempfile.TemporaryDirectory() as tmp:
+            for path, content in artifacts.items():
+                data = content() if callable(content) else content
+                target = Path(tmp) / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(data, str):
+                    target.write_text(data)
+                else:
+                    target.write_bytes(data)
+            client.log_artifacts(run_id, tmp)
+    client.set_terminated(run_id, status=status)
 
 
 def _params(params: dict[str, Any]) -> list[Param]:
@@ -228,17 +238,3 @@ def _tags(tags: dict[str, str]) -> list[RunTag]:
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-def figure_png(render: Callable[[Any], None], *, size: tuple[float, float] = (5, 4)) -> bytes:
-    """Render with matplotlib's object API (no pyplot global state, safe off the main thread)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(figure)
-    render(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
-

@@ -56,7 +56,7 @@ class TrialRunner:
             tags={"optuna.study_name": trial.study.study_name, "device": self.device},
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        run.log_json(config.to_dict(), "config.json")
+        run.add_json("config.json", config.to_dict())
         metric = self.study.metric
         last_epoch = 0
 

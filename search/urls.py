@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 # scheme://user:password@host -> scheme://user:***@host
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@/\s]+)@")
@@ -25,5 +26,8 @@ def mask_text(text: str, *urls: str | None) -> str:
             continue
         for pattern in (_PASSWORD, _QUERY):
             for match in pattern.finditer(url):
-                text = text.replace(match.group("secret"), "***")
+                secret = match.group("secret")
+                # Libraries may show the password percent-decoded.
+                for form in {secret, unquote(secret)}:
+                    text = text.replace(form, "***")
     return text

@@ -140,6 +140,24 @@ def test_huge_learning_rate_raises_diverged_error(task: Task) -> None:
     assert calls == []
 
 
+def test_diverged_error_names_the_epoch_it_happened_in(task: Task) -> None:
+    models: list[StagedNet] = []
+
+    def make_model(seed: int) -> StagedNet:
+        models.append(_make_model(seed))
+        return models[-1]
+
+    def poison(epoch: int, metrics: dict[str, float]) -> None:
+        # Epoch 1 trains normally; then a non-finite weight makes epoch 2's loss NaN.
+        with torch.no_grad():
+            models[0].head.weight.fill_(float("nan"))
+
+    nan_task = Task("poisoned", task.data, make_model)
+    with pytest.raises(DivergedError, match="epoch 2") as info:
+        fine_tune(_config(epochs=4), nan_task, on_epoch=poison)
+    assert info.value.epoch == 2 and math.isnan(info.value.value)
+
+
 def _stage_state(model: StagedNet, depth: int) -> dict[str, torch.Tensor]:
     prefixes = tuple(f"stages.{i}." for i in range(depth))
     return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
@@ -188,6 +206,15 @@ def test_same_config_and_seed_give_identical_history() -> None:
         assert torch.equal(p, q), name
     c = fine_tune(config.replace(seed=1), task)
     assert _without_timing(c.history) != _without_timing(a.history)
+
+
+def test_seed_also_drives_the_data_order_and_augmentation(task: Task) -> None:
+    # The same model for every seed: any difference comes from the shuffling and the crops.
+    same_model = Task("same-model", task.data, lambda seed: _make_model(0))
+    a = fine_tune(_config(seed=0), same_model)
+    b = fine_tune(_config(seed=1), same_model)
+    assert a.history[0]["train_loss"] != b.history[0]["train_loss"]
+    assert not torch.equal(a.model.head.weight, b.model.head.weight)
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
