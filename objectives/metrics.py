@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from sklearn.metrics import f1_score
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -21,16 +21,3 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[
                      zero_division=0)
         ),
     }
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
-
-
-def report_text(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> str:
-    return str(
-        classification_report(
-            y_true, y_pred, labels=np.arange(len(class_names)), target_names=list(class_names),
-            digits=4, zero_division=0,
-        )
-    )

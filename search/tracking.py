@@ -1,21 +1,19 @@
 """MLflow tracking: one experiment per study, one parent run per study, one child run per trial.
 
 Runs are attached by id through MlflowClient (`mlflow.parentRunId`), never through the
-process-global `mlflow.start_run` stack. Everything but creating a run goes through one
-background thread, in order, so a trial never waits on the tracking store: per-epoch metrics are
-buffered and written in batches, artifacts are rendered and written after the trial moved on.
+process-global `mlflow.start_run` stack. The study-level calls (experiment, parent run) happen
+here, once per search; every trial-level write goes to the writer process (`search.writer`), in
+order, so a trial never waits on the tracking store. Per-epoch metrics are buffered, artifacts
+staged, and each trial's run is finished with one batch and one artifact copy.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-log = logging.getLogger("search.tracking")
+from search.writer import Writer, create_run
 
 FLUSH_SECONDS = 5.0  # per-epoch metrics reach the store at least this often while a trial runs
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+Artifact = str | bytes | Callable[[], str | bytes]  # a callable must pickle (a partial)
 
 
 def versions() -> dict[str, str]:
@@ -48,11 +48,12 @@ class Tracker:
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment, artifact_location)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
-        self._pending: list[Future[None]] = []
-        self._lock = threading.Lock()
-        self.errors: list[str] = []
         self.versions = versions()
+        self.writer = Writer(tracking_uri)
+
+    @property
+    def errors(self) -> list[str]:
+        return self.writer.errors
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -66,44 +67,14 @@ class Tracker:
                 raise
             return found.experiment_id
 
-    # -- the background queue -------------------------------------------------------------
-
-    def submit(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Run `fn` on the tracking thread; a failure is retried once, then recorded."""
-
-        def call() -> None:
-            for attempt in (1, 2):
-                try:
-                    fn(*args, **kwargs)
-                    return
-                except Exception as e:  # noqa: BLE001 - tracking must never kill a search
-                    if attempt == 2:
-                        message = f"MLflow: {what} failed: {type(e).__name__}: {e}"
-                        self.errors.append(message)
-                        log.warning(message)
-                    else:
-                        time.sleep(0.5)
-
-        future = self._executor.submit(call)
-        with self._lock:
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(future)
-
     def flush(self) -> None:
-        """Wait until everything queued so far (and anything it queued in turn) is written."""
-        while True:
-            with self._lock:
-                pending, self._pending = self._pending, []
-            if not pending:
-                return
-            for future in pending:
-                future.result()
+        """Wait until every trial write sent so far is in the store."""
+        self.writer.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._executor.shutdown(wait=True)
+        self.writer.close()
 
-    # -- runs -----------------------------------------------------------------------------
+    # -- the study's parent run -------------------------------------------------------------
 
     def study_run(self, *, run_id: str | None, name: str, params: dict[str, Any],
                   tags: dict[str, str]) -> str:
@@ -133,6 +104,8 @@ class Tracker:
         )
         self.client.set_terminated(run_id, status=status)
 
+    # -- trial runs -------------------------------------------------------------------------
+
     def trial_run(self, *, parent_run_id: str, trial_number: int, params: dict[str, Any],
                   tags: dict[str, str]) -> TrialRun:
         all_tags = {
@@ -142,43 +115,49 @@ class Tracker:
             **self.versions,
             **tags,
         }
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial_number}", tags=all_tags
-        )
-        trial_run = TrialRun(self, run.info.run_id)
-        self.submit("log params", self.client.log_batch, run.info.run_id, params=_params(params))
-        return trial_run
-
-
-Artifact = str | bytes | Callable[[], str | bytes]
+        key = self.writer.new_key()
+        ticket = self.writer.send(f"create run of trial {trial_number}", create_run,
+                                  self.experiment_id, f"trial-{trial_number}", all_tags,
+                                  key=key, reply=True)
+        assert ticket is not None
+        self.writer.send("log params", _log_batch, key=key, params=_params(params))
+        return TrialRun(self.writer, key, ticket)
 
 
 class TrialRun:
-    """One trial's child run: its methods return at once, the tracking thread does the work.
+    """One trial's child run: its methods return at once, the writer process does the work.
 
     Metrics are buffered and artifacts staged; `finish` writes them with the final state in one
     batch and one artifact copy, which is what keeps tracking cheap for short trials.
     """
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
-        self.tracker = tracker
-        self.client = tracker.client
-        self.run_id = run_id
+    def __init__(self, writer: Writer, key: int, ticket: int) -> None:
+        self.writer = writer
+        self.key = key
+        self._ticket = ticket
+        self._run_id: str | None = None
         self._buffer: list[Metric] = []
         self._artifacts: dict[str, Artifact] = {}
         self._last_flush = time.monotonic()
         self.finished = False
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (waits for the writer the first time; None if creation failed)."""
+        if self._run_id is None:
+            self._run_id = self.writer.result(self._ticket)
+        return self._run_id
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         now = _now()
         self._buffer.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             batch, self._buffer = self._buffer, []
-            self.tracker.submit("log metrics", _log_metrics, self.client, self.run_id, batch)
+            self.writer.send("log metrics", _log_metrics, batch, key=self.key)
             self._last_flush = time.monotonic()
 
     def add_artifact(self, path: str, content: Artifact) -> None:
-        """Stage an artifact for `finish`; a callable is rendered on the tracking thread."""
+        """Stage an artifact for `finish`; a callable is rendered by the writer process."""
         self._artifacts[path] = content
 
     def add_json(self, path: str, data: Any) -> None:
@@ -195,13 +174,19 @@ class TrialRun:
             self._buffer.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
         status = "KILLED" if killed else {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(
             state, "FAILED")
-        self.tracker.submit(
-            f"finish run {self.run_id}", _finish, self.client, self.run_id,
-            metrics=self._buffer, tags=_tags({"optuna.state": state, **(tags or {})}),
-            artifacts=self._artifacts, status=status,
+        self.writer.send(
+            f"finish run of state {state}", _finish, key=self.key, metrics=self._buffer,
+            tags=_tags({"optuna.state": state, **(tags or {})}), artifacts=self._artifacts,
+            status=status,
         )
         self._buffer, self._artifacts = [], {}
         self.finished = True
+
+
+# -- what the writer process runs: fn(client, run_id, ...) ------------------------------------
+
+def _log_batch(client: MlflowClient, run_id: str, **batch: Any) -> None:
+    client.log_batch(run_id, **batch)
 
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric],

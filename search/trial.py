@@ -17,8 +17,12 @@ from objectives.train import DivergedError, fine_tune
 from search.artifacts import log_evaluation, log_model
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from objectives.config import TrialConfig
     from objectives.data import Task
-    from search.tracking import Tracker
+    from objectives.train import EpochCallback
+    from search.tracking import Tracker, TrialRun
     from spaces import Study
 
 # Config fields that only mean something when a choice enables them; logged when sampled.
@@ -55,7 +59,6 @@ class TrialRunner:
             parent_run_id=self.parent_run_id, trial_number=trial.number, params=params,
             tags={"optuna.study_name": trial.study.study_name, "device": self.device},
         )
-        trial.set_user_attr("mlflow_run_id", run.run_id)
         run.add_json("config.json", config.to_dict())
         metric = self.study.metric
         last_epoch = 0
@@ -63,16 +66,32 @@ class TrialRunner:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal last_epoch
             last_epoch = epoch
+            if epoch == 1:  # the writer created the run long ago: this does not wait
+                self._link(trial, run)
             run.log_epoch(epoch, metrics)
             trial.report(metrics[metric], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
+            return self._train(trial, config, run, on_epoch, lambda: last_epoch)
+        finally:
+            self._link(trial, run)
+
+    @staticmethod
+    def _link(trial: optuna.Trial, run: TrialRun) -> None:
+        """Store the trial's MLflow run id in Optuna, once."""
+        if "mlflow_run_id" not in trial.user_attrs and run.run_id is not None:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+
+    def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
+               on_epoch: EpochCallback, last_epoch: Callable[[], int]) -> float:
+        metric = self.study.metric
+        try:
             result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch)
         except optuna.TrialPruned:
-            trial.set_user_attr("pruned_epoch", last_epoch)
-            run.finish("PRUNED", tags={"optuna.pruned_epoch": str(last_epoch)})
+            trial.set_user_attr("pruned_epoch", last_epoch())
+            run.finish("PRUNED", tags={"optuna.pruned_epoch": str(last_epoch())})
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
