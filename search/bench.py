@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
@@ -43,73 +43,98 @@ def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]
     return drawn
 
 
-def _stores(folder: Path) -> dict[str, str]:
+def _fixed(params: dict[str, Any]) -> optuna.Trial:
+    """A FixedTrial, which spaces accept like a Trial (they only call suggest_*)."""
+    return cast(optuna.Trial, optuna.trial.FixedTrial(params))
+
+
+def _stores(folder: Path) -> dict[str, Any]:
     return {"storage": str(folder / "optuna.journal"),
             "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"}
 
 
 def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
-    """Bare and tracked runs of the same trials, interleaved trial by trial against drift."""
+    """Bare and tracked runs of the same trials, interleaved trial by trial.
+
+    Each trial runs bare and through the search back to back (alternating which goes first);
+    the overhead is the median over all pairs of tracked/bare - 1, which resists the minutes-long
+    swings of a shared machine better than a ratio of totals.
+    """
     spec = spaces.get_study("digits")
     params = _sample_params(trials, seed=1, epochs=spec.epochs)
-    bare_times, tracked_times = [], []
+    ratios, bare_total, tracked_total = [], 0.0, 0.0
     for r in range(rounds):
         search = open_search(study="digits", name=f"overhead-{r}", trials=trials,
                              sampler="random", pruner="none", device="cpu",
                              **_stores(workdir / f"overhead-{r}"))
         task = search.task()  # loaded (and cached in this process) outside both timings
-        bare = tracked = 0.0
+        fine_tune(spec.space(_fixed(params[0]), epochs=1, seed=0), task)  # warm
         for i, p in enumerate(params):
             search.study.enqueue_trial(p)
-            config = spec.space(optuna.trial.FixedTrial(p), epochs=search.epochs,
+            config = spec.space(_fixed(p), epochs=search.epochs,
                                 seed=search.seed)
+            took = {}
             for step in ("bare", "tracked") if (i + r) % 2 == 0 else ("tracked", "bare"):
                 started = time.perf_counter()
                 if step == "bare":
                     fine_tune(config, task, device="cpu")
-                    bare += time.perf_counter() - started
                 else:
                     search.optimize(n_trials=1)
-                    tracked += time.perf_counter() - started
+                took[step] = time.perf_counter() - started
+            ratios.append(took["tracked"] / took["bare"] - 1)
+            bare_total += took["bare"]
+            tracked_total += took["tracked"]
         started = time.perf_counter()
         search.tracker.flush()  # everything written, as a user would find it
-        tracked += time.perf_counter() - started
+        drain = time.perf_counter() - started
+        tracked_total += drain
         search.close()
         assert search.finished == trials, "every benchmark trial must finish"
-        bare_times.append(bare)
-        tracked_times.append(tracked)
-        print(f"  round {r + 1}: bare {bare:.2f}s, tracked {tracked:.2f}s, "
-              f"overhead {100 * (tracked / bare - 1):+.2f}%", flush=True)
-    ratios = [t / b - 1 for t, b in zip(tracked_times, bare_times, strict=True)]
+        print(f"  round {r + 1}: median pair overhead so far "
+              f"{100 * statistics.median(ratios):+.2f}%, writer drained in {drain:.2f}s",
+              flush=True)
     return {
-        "trials": trials,
-        "bare_s": statistics.median(bare_times),
-        "tracked_s": statistics.median(tracked_times),
+        "pairs": len(ratios),
+        "bare_s": bare_total,
+        "tracked_s": tracked_total,
         "overhead_pct": 100 * statistics.median(ratios),
-        "per_trial_ms": 1000 * statistics.median(
-            (t - b) / trials for t, b in zip(tracked_times, bare_times, strict=True)),
+        "total_pct": 100 * (tracked_total / bare_total - 1),
+        "mean_trial_s": bare_total / len(ratios),
     }
 
 
-def pruning(*, trials: int, workdir: Path) -> dict[str, dict[str, float]]:
-    figures = {}
-    for pruner in ("hyperband", "none"):
-        search = open_search(study="digits", name=f"pruning-{pruner}", trials=trials,
-                             pruner=pruner, device="cpu", **_stores(workdir / f"pruning-{pruner}"))
-        search.task()
-        started = time.perf_counter()
-        search.optimize()
-        seconds = time.perf_counter() - started
-        search.close()
-        finished = search.study.get_trials(deepcopy=False, states=FINISHED)
-        figures[pruner] = {
-            "epochs": sum(len(t.intermediate_values) for t in finished),
-            "best": search.study.best_value,
-            "pruned": sum(t.state.name == "PRUNED" for t in finished),
-            "seconds": seconds,
-        }
-        print(f"  {pruner}: {figures[pruner]}", flush=True)
-    return figures
+def pruning(*, trials: int, seeds: list[int], workdir: Path) -> dict[str, dict[str, float]]:
+    """The default pruner against none, same budget, for each seed; medians over the seeds."""
+    runs: dict[str, list[dict[str, float]]] = {"hyperband": [], "none": []}
+    for seed in seeds:
+        for pruner in runs:
+            name = f"pruning-{pruner}-{seed}"
+            search = open_search(study="digits", name=name, trials=trials, pruner=pruner,
+                                 seed=seed, device="cpu", **_stores(workdir / name))
+            search.task()
+            started = time.perf_counter()
+            search.optimize()
+            seconds = time.perf_counter() - started
+            search.close()
+            finished = search.study.get_trials(deepcopy=False, states=FINISHED)
+            figures = {
+                "epochs": sum(len(t.intermediate_values) for t in finished),
+                "best": search.study.best_value,
+                "pruned": sum(t.state.name == "PRUNED" for t in finished),
+                "seconds": seconds,
+            }
+            runs[pruner].append(figures)
+            print(f"  seed {seed}, {pruner}: best {figures['best']:.4f}, "
+                  f"{figures['epochs']:.0f} epochs, {figures['pruned']:.0f} pruned, "
+                  f"{seconds:.0f}s", flush=True)
+    pairs = list(zip(runs["hyperband"], runs["none"], strict=True))
+    return {
+        pruner: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for pruner, results in runs.items()
+    } | {"paired": {
+        "points": statistics.median(100 * (h["best"] - n["best"]) for h, n in pairs),
+        "epoch_ratio": statistics.median(h["epochs"] / n["epochs"] for h, n in pairs),
+    }}
 
 
 def quickstart(*, workdir: Path) -> dict[str, float]:
@@ -134,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this section (repeatable); default: all")
     parser.add_argument("--trials", type=int, default=12, help="trials per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the pruning comparison")
     args = parser.parse_args(argv)
     sections = args.only or list(SECTIONS)
     quiet_libraries()
@@ -142,18 +168,19 @@ def main(argv: list[str] | None = None) -> int:
         if "overhead" in sections:
             print(f"overhead: {args.trials} digits trials x {args.rounds} rounds", flush=True)
             o = overhead(trials=args.trials, rounds=args.rounds, workdir=workdir)
-            print(f"overhead: bare {o['bare_s']:.2f}s, tracked {o['tracked_s']:.2f}s for "
-                  f"{o['trials']} trials (medians) -> {o['overhead_pct']:+.2f}% of trial time, "
-                  f"{o['per_trial_ms']:.0f} ms per trial  [target <= 2%]")
+            print(f"overhead: {o['overhead_pct']:+.2f}% of trial time (median of {o['pairs']} "
+                  f"pairs; trials of {o['mean_trial_s']:.2f}s); totals: bare {o['bare_s']:.1f}s, "
+                  f"tracked {o['tracked_s']:.1f}s ({o['total_pct']:+.2f}%)  [target <= 2%]")
         if "pruning" in sections:
             budget = spaces.get_study("digits").trials
-            print(f"pruning: digits, {budget} trials, hyperband vs none", flush=True)
-            p = pruning(trials=budget, workdir=workdir)
-            h, n = p["hyperband"], p["none"]
-            print(f"pruning: hyperband best {h['best']:.4f} in {h['epochs']:.0f} epochs "
-                  f"({h['seconds']:.0f}s); none best {n['best']:.4f} in {n['epochs']:.0f} epochs "
-                  f"({n['seconds']:.0f}s) -> {100 * (h['best'] - n['best']):+.2f} points with "
-                  f"{h['epochs'] / n['epochs']:.2f}x the epochs  "
+            print(f"pruning: digits, {budget} trials, hyperband vs none, seeds "
+                  f"0..{args.seeds - 1}", flush=True)
+            p = pruning(trials=budget, seeds=list(range(args.seeds)), workdir=workdir)
+            h, n, d = p["hyperband"], p["none"], p["paired"]
+            print(f"pruning (medians over seeds): hyperband best {h['best']:.4f} in "
+                  f"{h['epochs']:.0f} epochs ({h['seconds']:.0f}s); none best {n['best']:.4f} "
+                  f"in {n['epochs']:.0f} epochs ({n['seconds']:.0f}s); paired: "
+                  f"{d['points']:+.2f} points with {d['epoch_ratio']:.2f}x the epochs  "
                   "[target >= -0.5 points, <= 0.33x]")
         if "quickstart" in sections:
             print("quickstart: python -m search.run --study digits, fresh folder", flush=True)

@@ -107,7 +107,7 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top]  # type: ignore[arg-type]
+    ranked = sorted(trials, key=lambda t: float(t.value or 0.0), reverse=reverse)[:top]
     rows = [key_columns(t.params) for t in ranked]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {metric}")

@@ -64,7 +64,8 @@ def open_study(
 ) -> optuna.Study:
     """The study called `name` in `storage`, created the first time (resumed after that)."""
     return optuna.create_study(
-        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner,
+        study_name=name, storage=storage,
+        direction=optuna.study.StudyDirection[direction.upper()], sampler=sampler, pruner=pruner,
         load_if_exists=True,
     )
 

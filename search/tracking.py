@@ -174,11 +174,12 @@ class TrialRun:
             self._buffer.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
         status = "KILLED" if killed else {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(
             state, "FAILED")
-        self.writer.send(
-            f"finish run of state {state}", _finish, key=self.key, metrics=self._buffer,
-            tags=_tags({"optuna.state": state, **(tags or {})}), artifacts=self._artifacts,
-            status=status,
-        )
+        # Three requests, each retried alone: a broken artifact must not leave the run RUNNING.
+        self.writer.send(f"log the {state} trial's metrics", _log_metrics, self._buffer,
+                         _tags({"optuna.state": state, **(tags or {})}), key=self.key)
+        if self._artifacts:
+            self.writer.send("log artifacts", _log_artifacts, self._artifacts, key=self.key)
+        self.writer.send("end run", _end_run, status, key=self.key)
         self._buffer, self._artifacts = [], {}
         self.finished = True
 
@@ -196,20 +197,20 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric],
         client.log_batch(run_id, metrics=metrics[i : i + 1000], tags=tags if i == 0 else ())
 
 
-def _finish(client: MlflowClient, run_id: str, *, metrics: list[Metric], tags: list[RunTag],
-            artifacts: dict[str, Artifact], status: str) -> None:
-    _log_metrics(client, run_id, metrics, tags)
-    if artifacts:
-        with tempfile.TemporaryDirectory() as tmp:
-            for path, content in artifacts.items():
-                data = content() if callable(content) else content
-                target = Path(tmp) / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(data, str):
-                    target.write_text(data)
-                else:
-                    target.write_bytes(data)
-            client.log_artifacts(run_id, tmp)
+def _log_artifacts(client: MlflowClient, run_id: str, artifacts: dict[str, Artifact]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, content in artifacts.items():
+            data = content() if callable(content) else content
+            target = Path(tmp) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                target.write_text(data)
+            else:
+                target.write_bytes(data)
+        client.log_artifacts(run_id, tmp)
+
+
+def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status)
 
 

@@ -51,14 +51,25 @@ class TrialRunner:
     seed: int
     device: str = "cpu"
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        config = self.study.space(trial, epochs=self.epochs, seed=self.seed)
-        params = {k: v for k, v in config.to_dict().items() if k not in CONDITIONAL}
-        params.update(trial.params)
-        run = self.tracker.trial_run(
+    def _start_run(self, trial: optuna.Trial, params: dict[str, object]) -> TrialRun:
+        return self.tracker.trial_run(
             parent_run_id=self.parent_run_id, trial_number=trial.number, params=params,
             tags={"optuna.study_name": trial.study.study_name, "device": self.device},
         )
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            config = self.study.space(trial, epochs=self.epochs, seed=self.seed)
+        except Exception as e:  # a bug in a space, or values it rejects: recorded like any
+            reason = f"in the search space: {failure_reason(e)}"
+            trial.set_user_attr("fail_reason", reason)
+            run = self._start_run(trial, dict(trial.params))
+            run.finish("FAIL", tags={"optuna.fail_reason": reason})
+            self._link(trial, run)
+            raise
+        params = {k: v for k, v in config.to_dict().items() if k not in CONDITIONAL}
+        params.update(trial.params)
+        run = self._start_run(trial, params)
         run.add_json("config.json", config.to_dict())
         metric = self.study.metric
         last_epoch = 0

@@ -42,13 +42,16 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=tracking_uri)
-    run_ids: dict[int, str] = {}
+    run_ids: dict[int, Any] = {}
     while True:
         try:
             item = requests.get(timeout=1.0)
         except queue.Empty:
             if os.getppid() != parent_pid:  # the search process died; everything is written
                 return
+            continue
+        except Exception as e:  # noqa: BLE001 - a request that cannot be unpickled
+            replies.put((_ERROR, None, f"MLflow writer: unreadable request: {e}"))
             continue
         if item is None:
             return
@@ -113,13 +116,25 @@ class Writer:
         self._requests.put((ticket, what, key, fn, args, kwargs))
         return ticket
 
+    def _lost(self, why: str) -> None:
+        message = f"MLflow writer: {why}; tracking stopped, the search goes on"
+        if message not in self.errors:
+            self.errors.append(message)
+
     def result(self, ticket: int, *, timeout: float = 600.0) -> Any:
-        """Wait for a ticket's result (None when that write failed; see `errors`)."""
+        """Wait for a ticket's result; None when that write failed or the writer is gone.
+
+        Tracking never stops a search: a dead or stuck writer is reported in `errors`.
+        """
         deadline = time.monotonic() + timeout
         while ticket not in self._results:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._process.is_alive() and self._replies.empty():
-                raise RuntimeError("the MLflow writer did not answer")
+            if remaining <= 0:
+                self._lost(f"no answer in {timeout:.0f}s")
+                return None
+            if not self._process.is_alive() and self._replies.empty():
+                self._lost(f"the process exited with status {self._process.exitcode}")
+                return None
             try:
                 got, result, error = self._replies.get(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -130,11 +145,11 @@ class Writer:
                 self._results[got] = (result, error)
         return self._results.pop(ticket)[0]
 
-    def flush(self) -> None:
+    def flush(self, *, timeout: float = 600.0) -> None:
         """Wait until everything sent so far is written."""
         ticket = self.send("flush", _noop, reply=True)
         assert ticket is not None
-        self.result(ticket)
+        self.result(ticket, timeout=timeout)
 
     def close(self) -> None:
         if self.closed:
@@ -142,4 +157,7 @@ class Writer:
         self.flush()
         self._requests.put(None)
         self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._lost("did not stop")
+            self._process.kill()
         self.closed = True
