@@ -148,6 +148,11 @@ class TrialRun:
             self._run_id = self.writer.result(self._ticket)
         return self._run_id
 
+    @property
+    def created(self) -> bool:
+        """Whether the writer has created the run yet (never waits)."""
+        return self._run_id is not None or self.writer.ready(self._ticket)
+
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         now = _now()
         self._buffer.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())

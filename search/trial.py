@@ -77,7 +77,7 @@ class TrialRunner:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal last_epoch
             last_epoch = epoch
-            if epoch == 1:  # the writer created the run long ago: this does not wait
+            if run.created:  # link as soon as the writer has the run; never wait mid-trial
                 self._link(trial, run)
             run.log_epoch(epoch, metrics)
             trial.report(metrics[metric], epoch)
@@ -91,7 +91,7 @@ class TrialRunner:
 
     @staticmethod
     def _link(trial: optuna.Trial, run: TrialRun) -> None:
-        """Store the trial's MLflow run id in Optuna, once."""
+        """Store the trial's MLflow run id in Optuna, once (at the latest as the trial ends)."""
         if "mlflow_run_id" not in trial.user_attrs and run.run_id is not None:
             trial.set_user_attr("mlflow_run_id", run.run_id)
 

@@ -145,6 +145,19 @@ class Writer:
                 self._results[got] = (result, error)
         return self._results.pop(ticket)[0]
 
+    def ready(self, ticket: int) -> bool:
+        """Whether a ticket's result has arrived, without waiting."""
+        while ticket not in self._results:
+            try:
+                got, result, error = self._replies.get_nowait()
+            except queue.Empty:
+                return False
+            if got == _ERROR:
+                self.errors.append(error)
+            else:
+                self._results[got] = (result, error)
+        return True
+
     def flush(self, *, timeout: float = 600.0) -> None:
         """Wait until everything sent so far is written."""
         ticket = self.send("flush", _noop, reply=True)
