@@ -140,6 +140,7 @@ class TrialRun:
         self._artifacts: dict[str, Artifact] = {}
         self._last_flush = time.monotonic()
         self.finished = False
+        self.linked = False  # whether the Optuna trial holds this run's id
 
     @property
     def run_id(self) -> str | None:

@@ -92,8 +92,9 @@ class TrialRunner:
     @staticmethod
     def _link(trial: optuna.Trial, run: TrialRun) -> None:
         """Store the trial's MLflow run id in Optuna, once (at the latest as the trial ends)."""
-        if "mlflow_run_id" not in trial.user_attrs and run.run_id is not None:
+        if not run.linked and run.run_id is not None:
             trial.set_user_attr("mlflow_run_id", run.run_id)
+            run.linked = True
 
     def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
                on_epoch: EpochCallback, last_epoch: Callable[[], int]) -> float:
@@ -120,7 +121,7 @@ class TrialRunner:
             reason = f"{metric} is {value}"
             trial.set_user_attr("fail_reason", reason)
             run.finish("FAIL", tags={"optuna.fail_reason": reason})
-            raise DivergedError(config.epochs, value)
+            raise ValueError(reason)
         if result.val_logits is not None and result.val_targets is not None:
             log_evaluation(run, result.val_logits, result.val_targets,
                            self.task.data.class_names)
