@@ -34,10 +34,12 @@ def versions() -> dict[str, str]:
     import optuna
     import torch
 
+    # str(): torch.__version__ is a TorchVersion, whose pickle would make the writer process
+    # import all of PyTorch (half a gigabyte) just to read a tag.
     return {
-        "version.torch": torch.__version__,
-        "version.optuna": optuna.__version__,
-        "version.mlflow": mlflow.__version__,
+        "version.torch": str(torch.__version__),
+        "version.optuna": str(optuna.__version__),
+        "version.mlflow": str(mlflow.__version__),
         "version.python": platform.python_version(),
     }
 

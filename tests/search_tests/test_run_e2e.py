@@ -122,3 +122,38 @@ def test_diverging_trial_fails_with_its_reason_and_the_search_goes_on(workdir: P
     assert run.data.tags["optuna.state"] == "FAIL"
     assert run.data.tags["optuna.fail_reason"] == failed.user_attrs["fail_reason"]
     assert not any(r.info.status == "RUNNING" for r in trials)
+
+
+def test_ctrl_c_ends_everything_and_a_rerun_finishes(workdir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = workdir / "out.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.run", *TINY, "--trials", "40", "--pruner", "none"],
+        cwd=workdir, stdout=log.open("w"), stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while "trial   1 " not in log.read_text():  # interrupt mid-search, after two trials
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted; run the same command again" in err
+    assert "Traceback" not in err
+
+    study = load_study(workdir)
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    parents, trials = runs(workdir)
+    assert parents[0].info.status == "KILLED"
+    assert not any(r.info.status == "RUNNING" for r in trials)
+    done = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert done >= 2
+    assert main(["--study", "digits", "--trials", str(done + 2), "--pruner", "none"]) == 0
+    study = load_study(workdir)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == done + 2
+    assert runs(workdir)[0][0].info.status == "FINISHED"

@@ -159,3 +159,14 @@ def test_writer_failures_are_reported_not_raised(tmp_path: Path) -> None:
     assert ended.data.params == {"a": "1"}
     assert ended.info.status == "FINISHED"  # the broken artifact did not leave it RUNNING
     assert ended.data.tags["optuna.state"] == "COMPLETE"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
+def test_the_writer_process_stays_free_of_pytorch(tmp_path: Path) -> None:
+    runner, tracker, _ = make_runner(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(runner, n_trials=1)
+    tracker.flush()
+    maps = Path(f"/proc/{tracker.writer._process.pid}/maps").read_text()
+    tracker.close()
+    assert "libtorch" not in maps  # nothing it is sent needs PyTorch to unpickle
