@@ -157,3 +157,18 @@ def test_ctrl_c_ends_everything_and_a_rerun_finishes(workdir: Path) -> None:
     study = load_study(workdir)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == done + 2
     assert runs(workdir)[0][0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("tpe", "asha"), ("random", "median"),
+                                                 ("gp", "percentile"), ("cmaes", "hyperband")])
+def test_every_sampler_and_pruner_runs_a_search(workdir: Path, sampler: str, pruner: str) -> None:
+    assert main(["--study", "digits", "--epochs", "2", "--trials", "7", "--sampler", sampler,
+                 "--pruner", pruner]) == 0
+    study = load_study(workdir)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 7
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 7  # no repeated configs
+    parents, trials = runs(workdir)
+    assert parents[0].data.tags["search.sampler"] == sampler
+    assert parents[0].data.tags["search.pruner"] == pruner
+    assert len(trials) == len(study.trials)
