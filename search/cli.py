@@ -6,7 +6,6 @@ Arguments become keyword arguments once, here; no `args` object travels into the
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import NoReturn
 
 
@@ -52,8 +51,3 @@ def store_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db, artifacts "
                             "under mlruns/artifacts)")
     return parser
-
-
-def die(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
