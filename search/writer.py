@@ -19,6 +19,7 @@ import itertools
 import multiprocessing
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 Request = tuple[int | None, str, int | None, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 _ERROR = -1  # reply ticket of a failure report
+ORPHAN_GRACE_SECONDS = 30.0  # time to write what was sent after the search process died
 
 
 def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> None:
@@ -43,6 +45,7 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
         logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=tracking_uri)
     run_ids: dict[int, Any] = {}
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     while True:
         try:
             item = requests.get(timeout=1.0)
@@ -73,6 +76,19 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
             replies.put((_ERROR, None, error))
         if ticket is not None:
             replies.put((ticket, result, error))
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """End the writer once the search process is gone and the writer had time to drain.
+
+    A search process killed mid-message leaves a partial message in the pipe, on which a read
+    blocks forever (the writer holds the pipe's other end too, so no EOF comes): the main loop's
+    own check cannot help then.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    time.sleep(ORPHAN_GRACE_SECONDS)
+    os._exit(0)
 
 
 def create_run(client: Any, _: None, experiment_id: str, run_name: str,
