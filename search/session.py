@@ -19,7 +19,14 @@ from objectives.data import Task
 from search import stores as stores_module
 from search.errors import UsageError
 from search.storage import open_storage
-from search.study import FINISHED, finished_count, make_pruner, make_sampler, open_study
+from search.study import (
+    FINISHED,
+    finished_count,
+    make_pruner,
+    make_sampler,
+    open_study,
+    state_counts,
+)
 from search.tracking import Tracker
 from search.trial import TrialRunner
 from search.urls import mask_text, mask_url
@@ -186,8 +193,6 @@ def _study_epochs(storage: Any, name: str, *, requested: int | None,
 
 
 def _summary(study: optuna.Study) -> dict[str, float]:
-    from search.study import state_counts
-
     counts = state_counts(study)
     summary: dict[str, float] = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     try:

@@ -35,7 +35,7 @@ def open_storage(url: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     except UsageError:
         raise
-    except (ImportError, ModuleNotFoundError) as e:
+    except ImportError as e:
         raise UsageError(f"storage {mask_url(url)!r} needs a missing package: {e}") from None
     except Exception as e:  # any driver's connection or parse error
         reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__, url)

@@ -141,7 +141,6 @@ class TrialRun:
         self._buffer: list[Metric] = []
         self._artifacts: dict[str, Artifact] = {}
         self._last_flush = time.monotonic()
-        self.finished = False
         self.linked = False  # whether the Optuna trial holds this run's id
 
     @property
@@ -189,7 +188,6 @@ class TrialRun:
             self.writer.send("log artifacts", _log_artifacts, self._artifacts, key=self.key)
         self.writer.send("end run", _end_run, status, key=self.key)
         self._buffer, self._artifacts = [], {}
-        self.finished = True
 
 
 # -- what the writer process runs: fn(client, run_id, ...) ------------------------------------
