@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,10 +50,31 @@ class ImageData:
         return len(self.class_names)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images to normalized float32, batched, on whatever device `x` lives."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float() / 255.0 - mean) / std
+        """uint8 images to normalized float32, batched, on whatever device `x` lives.
+
+        Grey images meet a three-channel normalization (an ImageNet backbone) by repeating
+        their channel here, on the device, rather than storing three copies.
+        """
+        scale, shift = _affine(self.mean, self.std, x.device)
+        if x.shape[1] == 1 and len(self.mean) > 1:
+            x = x.expand(-1, len(self.mean), -1, -1)
+        return torch.addcmul(shift, x.float(), scale)
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The training and validation splits moved to `device` (the test split stays put)."""
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device))
+
+
+@functools.cache
+def _affine(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # (x / 255 - mean) / std as one multiply-add, with constants made once per device: a
+    # tensor built from Python floats each step would be a host-to-device copy each step.
+    std_t = torch.tensor(std, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+    shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,10 @@ class Task:
     name: str
     data: ImageData
     make_model: Callable[[int], StagedNet]  # seed of the new head -> model
+
+    def to(self, device: torch.device | str) -> Task:
+        """This task with its data on `device`: done once per process, not once per trial."""
+        return dataclasses.replace(self, data=self.data.to(device))
 
 
 def stratified_split(

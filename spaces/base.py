@@ -14,21 +14,49 @@ if TYPE_CHECKING:
     import optuna
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What every trial of one study shares; fixed for the life of the study."""
+
+    epochs: int
+    seed: int
+    resolution: int | None = 0  # image side on the device; 0 = as stored, None = searched
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Where a study's data and pretrained weights come from (the command line's options)."""
+
+    seed: int = 0  # of the data split
+    cache_dir: Path | None = None  # decoded data and pretrained backbones, on disk
+    data_dir: Path | None = None  # None: the study's default
+    backbone: str | None = None  # None: the study's default
+    weights: Path | None = None  # a local state dict instead of the weights API's download
+    pretrained: bool = True  # False: random initial weights
+
+
 class Space(Protocol):
-    def __call__(self, trial: optuna.Trial, *, epochs: int, seed: int) -> TrialConfig: ...
+    def __call__(self, trial: optuna.Trial, settings: Settings) -> TrialConfig: ...
 
 
 @dataclass(frozen=True)
 class Study:
     name: str
     space: Space  # turns a trial into a TrialConfig: the only place with suggest_* calls
-    load_task: Callable[..., Task]  # (*, cache_dir: Path | None, seed: int) -> Task
+    load_task: Callable[[TaskOptions], Task]
     epochs: int  # epochs per trial
     trials: int  # default budget of finished (complete or pruned) trials
     seed: int = 0  # seeds the sampler, the data split and every trial's training
     metric: str = "val_accuracy"  # reported every epoch, returned at the end, optimized
     direction: str = "maximize"
     description: str = ""
+    # Image-model studies: the default torchvision backbone (None: the study brings its own
+    # model, and --backbone, --weights and --no-pretrained do not apply) ...
+    backbone: str | None = None
+    # ... the default resolution (0 = as stored, None = searched) and the searchable ones.
+    resolution: int | None = 0
+    resolutions: tuple[int, ...] = ()
+    data_dir: Path | None = None  # default data directory (None: the study needs none)
 
-    def task(self, *, cache_dir: Path | None, seed: int) -> Task:
-        return self.load_task(cache_dir=cache_dir, seed=seed)
+    def task(self, options: TaskOptions) -> Task:
+        return self.load_task(options)

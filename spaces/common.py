@@ -54,3 +54,14 @@ def suggest_optimizer(
     if optimizer == "momentum":
         params["nesterov"] = trial.suggest_categorical("nesterov", (False, True))
     return params
+
+
+def suggest_schedule(
+    trial: optuna.Trial, *, warmup: tuple[float, float] = (0.0, 2.0),
+    weight_decay: tuple[float, float] = (1e-6, 0.1),
+) -> dict[str, Any]:
+    """Warmup epochs and the optimizer's own weight decay (on top of any explicit penalty)."""
+    return {
+        "warmup_epochs": trial.suggest_float("warmup_epochs", *warmup),
+        "weight_decay": trial.suggest_float("weight_decay", *weight_decay, log=True),
+    }

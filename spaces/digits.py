@@ -8,30 +8,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from objectives.config import TrialConfig
+from objectives.data import Task
 from objectives.digits import load_digits_task
-from spaces.base import Study
+from spaces.base import Settings, Study, TaskOptions
 from spaces.common import suggest_loss, suggest_optimizer, suggest_penalty
 
 if TYPE_CHECKING:
     import optuna
 
 
-def space(trial: optuna.Trial, *, epochs: int, seed: int) -> TrialConfig:
+def space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
     return TrialConfig(
         **suggest_loss(trial),
         **suggest_penalty(trial),
         **suggest_optimizer(trial),
         freeze_depth=trial.suggest_int("freeze_depth", 0, 3),  # 3 = linear probe
         batch_size=trial.suggest_categorical("batch_size", (16, 32, 64)),
-        epochs=epochs,
-        seed=seed,
+        epochs=settings.epochs,
+        seed=settings.seed,
     )
+
+
+def load_task(options: TaskOptions) -> Task:
+    return load_digits_task(cache_dir=options.cache_dir, seed=options.seed)
 
 
 STUDY = Study(
     name="digits",
     space=space,
-    load_task=load_digits_task,
+    load_task=load_task,
     epochs=20,  # per trial; about one second each on a 2-core CPU
     trials=40,  # default budget of finished trials
     seed=0,

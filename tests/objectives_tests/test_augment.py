@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from objectives.augment import random_crop, random_flip
+from objectives.augment import random_crop, random_flip, resize
+from objectives.data import ImageData, Split
+from objectives.train import prepare
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -85,3 +87,52 @@ def test_flip_is_deterministic_for_a_seeded_generator() -> None:
     x = _images(64)
     assert torch.equal(random_flip(x, _gen(3)), random_flip(x, _gen(3)))
     assert not torch.equal(random_flip(x, _gen(3)), random_flip(x, _gen(4)))
+
+
+@pytest.mark.parametrize("size", [16, 48, 224])
+def test_resize_to_any_side(size: int) -> None:
+    x = torch.rand(3, 3, 32, 32)
+    out = resize(x, size)
+    assert out.shape == (3, 3, size, size) and out.dtype == torch.float32
+    # A constant image stays that constant whether up- or downsampled.
+    flat = resize(torch.full((1, 3, 32, 32), 0.25), size)
+    assert torch.allclose(flat, torch.full_like(flat, 0.25))
+
+
+def test_resize_to_zero_or_the_same_side_is_a_no_op() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    assert resize(x, 0) is x and resize(x, 32) is x
+
+
+def test_augmentation_draws_on_the_generators_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a GPU the generator lives there; a draw on the CPU would mean a host copy per step.
+    # (No GPU here: check that every draw asks for the generator's own device.)
+    asked: list[object] = []
+    for name in ("randint", "rand"):
+        real = getattr(torch, name)
+
+        def spy(*args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
+            asked.append((kwargs.get("device"), kwargs["generator"].device))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    random_flip(random_crop(x, 2, _gen()), _gen())
+    assert len(asked) == 2 and all(device == gen for device, gen in asked)
+
+
+def test_prepare_augments_uint8_then_normalizes_and_resizes() -> None:
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    split = Split(images, torch.zeros(6, dtype=torch.long))
+    data = ImageData(split, split, split, ("a",), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                     crop_padding=2, flip=True)
+    eval_x = prepare(images, data, resolution=16)
+    assert eval_x.shape == (6, 3, 16, 16) and eval_x.dtype == torch.float32
+    train_x = prepare(images, data, resolution=16, generator=torch.Generator().manual_seed(0))
+    assert train_x.shape == (6, 3, 16, 16) and not torch.equal(train_x, eval_x)
+    # Zero padding is applied to uint8 pixels: black, as torchvision's RandomCrop pads.
+    black = (0.0 - 0.5) / 0.25
+    padded = prepare(torch.zeros_like(images), data, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(padded, torch.full_like(padded, black))
+    last = prepare(images, data, channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ from objectives.config import TrialConfig
 from objectives.losses import LOSS_NAMES, build_loss
 from objectives.optim import OPTIMIZERS, build_optimizer
 from objectives.penalties import PENALTIES, build_penalty
+from spaces.base import Settings
 from spaces.digits import STUDY, space
 
 # The parameter each loss adds, and the TrialConfig field it sets.
@@ -43,7 +44,7 @@ def _suggest(params: dict[str, Any], *, epochs: int = 7, seed: int = 11) -> tupl
     TrialConfig, optuna.trial.FixedTrial
 ]:
     trial = optuna.trial.FixedTrial(params)
-    return space(trial, epochs=epochs, seed=seed), trial
+    return space(trial, Settings(epochs=epochs, seed=seed)), trial
 
 
 def test_study_uses_this_space() -> None:
@@ -175,7 +176,7 @@ def test_random_search_over_the_space() -> None:
     configs: list[TrialConfig] = []
 
     def objective(trial: optuna.Trial) -> float:
-        config = space(trial, epochs=5, seed=42)
+        config = space(trial, Settings(epochs=5, seed=42))
         configs.append(config)
         return 0.0
 
