@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.trial import FrozenTrial
 
 from search.errors import UsageError
 from search.urls import mask_text, mask_url
@@ -13,14 +17,25 @@ from search.urls import mask_text, mask_url
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
 
-def open_storage(url: str) -> BaseStorage:
-    """The Optuna storage behind `url`: a journal file path, an RDB URL or a redis:// URL."""
+def open_storage(url: str, *, heartbeat: int | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
+                 ) -> BaseStorage:
+    """The Optuna storage behind `url`: a journal file path, an RDB URL or a redis:// URL.
+
+    On an RDB, `heartbeat` (seconds) turns on Optuna's heartbeat: a trial whose worker stops
+    beating for twice that long is failed by the next worker that starts a trial, and
+    `on_stale` is called with it (to queue its retry). The journal has no heartbeat.
+    """
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     try:
         if scheme in RDB_SCHEMES:
             # pool_pre_ping survives a restarted database server (connections are checked).
             engine_kwargs = {} if scheme == "sqlite" else {"pool_pre_ping": True}
-            return RDBStorage(url, engine_kwargs=engine_kwargs)
+            beat: dict[str, Any] = {}
+            if heartbeat:
+                beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                        "heartbeat_stale_trial_callback": on_stale}
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
         if scheme in ("redis", "rediss"):
             return JournalStorage(JournalRedisBackend(url))
         if scheme:

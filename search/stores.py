@@ -22,6 +22,7 @@ class Stores:
     client_uri: str  # what MlflowClient gets: SQLite paths made absolute
     artifact_location: str | None  # for a new experiment; None lets the tracking server decide
     cache_dir: Path | None  # on-disk caches (pretrained backbones); None when not writable
+    checkpoint_dir: Path | None = None  # trials' per-epoch checkpoints; None when not writable
 
 
 def _check_writable(folder: Path) -> None:
@@ -69,6 +70,7 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
         client_uri=client_uri,
         artifact_location=artifact_location,
         cache_dir=cache_dir,
+        checkpoint_dir=(MLRUNS / "checkpoints").absolute() if cache_dir is not None else None,
     )
 
 

@@ -15,13 +15,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.writer import Writer, create_run
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 FLUSH_SECONDS = 5.0  # per-epoch metrics reach the store at least this often while a trial runs
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
@@ -90,11 +93,27 @@ class Tracker:
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.log_batch(run_id, tags=_tags(tags))
                 return run_id
+        found = self._study_runs(name)
+        if found:  # another node made it, before this one's study knew its id
+            return found[0]
         run = self.client.create_run(
-            self.experiment_id, run_name=name, tags={**tags, **self.versions}
+            self.experiment_id, run_name=name,
+            tags={"search.role": "study", "optuna.study_name": name, **tags, **self.versions},
         )
         self.client.log_batch(run.info.run_id, params=_params(params))
-        return run.info.run_id
+        # Nodes that start together may each create one: the earliest stays, the rest go.
+        winner = next(iter(self._study_runs(name)), run.info.run_id)
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return winner
+
+    def _study_runs(self, name: str) -> list[str]:
+        """Ids of the study's active parent runs, oldest first."""
+        found = [r for r in self.client.search_runs(
+            [self.experiment_id], filter_string="tags.`search.role` = 'study'", max_results=100,
+        ) if r.data.tags.get("optuna.study_name") == name]
+        return [r.info.run_id for r in sorted(found, key=lambda r: (r.info.start_time,
+                                                                   r.info.run_id))]
 
     def end_study_run(self, run_id: str, *, status: str, metrics: dict[str, float],
                       tags: dict[str, str]) -> None:
@@ -105,6 +124,20 @@ class Tracker:
             tags=_tags(tags),
         )
         self.client.set_terminated(run_id, status=status)
+
+    def end_lost_run(self, trial: FrozenTrial, reason: str) -> None:
+        """End the MLflow run of a trial whose worker was lost, if it is still RUNNING."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return
+        try:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                return
+            self.client.log_batch(run_id, tags=_tags({"optuna.state": "FAIL",
+                                                      "optuna.fail_reason": reason}))
+            self.client.set_terminated(run_id, status="FAILED")
+        except MlflowException as e:  # recorded, never raised: the retry matters more
+            self.writer.errors.append(f"MLflow: ending lost run {run_id} failed: {e}")
 
     # -- trial runs -------------------------------------------------------------------------
 

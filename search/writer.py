@@ -15,6 +15,8 @@ writes everything it was sent, then exits.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
 import multiprocessing
 import os
@@ -30,6 +32,7 @@ Request = tuple[int | None, str, int | None, Callable[..., Any], tuple[Any, ...]
 
 _ERROR = -1  # reply ticket of a failure report
 ORPHAN_GRACE_SECONDS = 30.0  # time to write what was sent after the search process died
+LOCKED_ATTEMPTS = 10  # tries of a write that meets "database is locked": ~30 s of backoff
 
 
 def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> None:
@@ -45,12 +48,15 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
         logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=tracking_uri)
     run_ids: dict[int, Any] = {}
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    open_runs: dict[int, str] = {}  # created and not yet ended: a lost worker's to fail
+    threading.Thread(target=_watch_parent, args=(parent_pid, client, open_runs),
+                     daemon=True).start()
     while True:
         try:
             item = requests.get(timeout=1.0)
         except queue.Empty:
             if os.getppid() != parent_pid:  # the search process died; everything is written
+                _end_orphans(client, open_runs)
                 return
             continue
         except Exception as e:  # noqa: BLE001 - a request that cannot be unpickled
@@ -60,7 +66,9 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
             return
         ticket, what, key, fn, args, kwargs = item
         result, error = None, None
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 run_id = run_ids.get(key) if key is not None else None
                 result = fn(client, run_id, *args, **kwargs)
@@ -68,17 +76,39 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
                 break
             except Exception as e:  # noqa: BLE001 - reported, never raised
                 error = f"MLflow: {what} failed: {type(e).__name__}: {e}"
-                if attempt == 1:
-                    time.sleep(0.5)
+                # Workers writing to one SQLite file at once meet "database is locked": that
+                # passes, so wait and try again (with backoff); anything else is retried once.
+                if attempt >= (LOCKED_ATTEMPTS if "locked" in str(e) else 2):
+                    break
+                time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
         if fn is create_run and error is None and key is not None:
-            run_ids[key] = result
+            run_ids[key] = open_runs[key] = str(result)
+        if what == "end run":
+            open_runs.pop(key, None)
         if error is not None:
             replies.put((_ERROR, None, error))
         if ticket is not None:
             replies.put((ticket, result, error))
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _end_orphans(client: Any, open_runs: dict[int, str]) -> None:
+    """End the runs a dead search process left open: FAILED, its worker lost.
+
+    The process may have died before Optuna knew the run's id, so nobody else can end them.
+    """
+    for run_id in list(open_runs.values()):
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                continue
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_tag(run_id, "optuna.fail_reason", "worker lost")
+            client.set_terminated(run_id, status="FAILED")
+        except Exception:  # noqa: BLE001, S112 - nothing is left to report to
+            continue
+    open_runs.clear()
+
+
+def _watch_parent(parent_pid: int, client: Any, open_runs: dict[int, str]) -> None:
     """End the writer once the search process is gone and the writer had time to drain.
 
     A search process killed mid-message leaves a partial message in the pipe, on which a read
@@ -88,6 +118,7 @@ def _watch_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     time.sleep(ORPHAN_GRACE_SECONDS)
+    _end_orphans(client, open_runs)
     os._exit(0)
 
 
@@ -98,6 +129,20 @@ def create_run(client: Any, _: None, experiment_id: str, run_name: str,
 
 def _noop(client: Any, run_id: str | None) -> None:
     return None
+
+
+def _stop(requests: Any, process: Any) -> None:
+    """Let a writer nobody closed drain and stop, before `multiprocessing` joins it at exit.
+
+    Without this, a program that never calls `close` (an exception on the way) hangs at exit:
+    multiprocessing's exit handler waits for the writer, which waits for requests.
+    """
+    try:
+        requests.put(None)
+        process.join(timeout=60)
+    finally:
+        if process.is_alive():
+            process.kill()
 
 
 class Writer:
@@ -114,6 +159,10 @@ class Writer:
             name="mlflow-writer", daemon=False,
         )
         self._process.start()
+        # Runs at exit before multiprocessing's own exit handler, which was registered earlier
+        # (atexit runs handlers last-in first-out). A partial per writer: unregister by identity.
+        self._at_exit = functools.partial(_stop, self._requests, self._process)
+        atexit.register(self._at_exit)
         self._tickets = itertools.count()
         self._keys = itertools.count()
         self._results: dict[int, tuple[Any, str | None]] = {}
@@ -183,6 +232,7 @@ class Writer:
     def close(self) -> None:
         if self.closed:
             return
+        atexit.unregister(self._at_exit)
         self.flush()
         self._requests.put(None)
         self._process.join(timeout=60)

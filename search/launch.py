@@ -1,0 +1,144 @@
+"""Several workers on one node: each is `search.run` on the same study and storage.
+
+Optuna's own distributed model, nothing home-made: every worker runs `study.optimize` against
+the shared storage and the study's budget; the launcher only starts them (pinned to a GPU with
+CUDA_VISIBLE_DEVICES, or with a share of the CPU's threads), shows their combined progress from
+the storage, and watches them. A worker that dies mid-trial is seen here first (its exit status):
+its RUNNING trials are failed as "worker lost" and retried (see search.recovery), and a
+replacement worker is started. SIGTERM or Ctrl-C is passed on to the workers, which interrupt
+their trials and checkpoint them; past a grace period, they are killed and their trials failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from search import recovery
+from search.display import ProgressDisplay
+from search.session import Search
+
+POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 60.0  # after SIGTERM, the time workers get to checkpoint and stop
+DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class Worker:
+    index: int
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, argv: Sequence[str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "search.run", *argv, "--worker", str(self.index)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+def plan_workers(*, workers: int | None, gpus: Sequence[str] | None,
+                 trials_per_gpu: int) -> list[dict[str, str]]:
+    """Each worker's extra environment: its GPU, or its share of the CPU's threads."""
+    if gpus:
+        # GPU indices count within what this process sees: map them through its own
+        # CUDA_VISIBLE_DEVICES, which the worker's setting replaces.
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+        ids = [visible[int(g)] if visible and int(g) < len(visible) else g for g in gpus]
+        count = workers or len(ids) * trials_per_gpu
+        return [{"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(count)]
+    count = workers or 1
+    threads = max(1, (os.cpu_count() or 1) // count)
+    return [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+             "CUDA_VISIBLE_DEVICES": ""} for _ in range(count)]
+
+
+class Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
+           display: ProgressDisplay, *, log_dir: Path) -> int | None:
+    """Run the workers until the study has its budget or they stop; returns the signal that
+    stopped the launcher, or None."""
+    workers = [Worker(i, {**os.environ, **plan}, log_dir / f"worker-{i}.log")
+               for i, plan in enumerate(plans)]
+    seen = {t.number for t in search.study.get_trials(deepcopy=False, states=DONE)}
+    respawns = 3 * len(workers)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Stop(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for worker in workers:
+            worker.start(argv)
+        while any(w.process is not None and w.process.poll() is None for w in workers):
+            time.sleep(POLL_SECONDS)
+            for worker in workers:
+                assert worker.process is not None
+                code = worker.process.poll()
+                if code is None or code == 0:
+                    continue
+                lost = _fail_trials_of(search, [worker])
+                killed = code < 0  # by a signal: an OOM killer, a preemption, a SIGKILL
+                if (lost or killed) and respawns > 0 and search.finished < search.budget:
+                    respawns -= 1
+                    worker.start(argv)  # a replacement takes its place (and the retries)
+            _show_new(search, display, seen)
+        _show_new(search, display, seen)
+        return None
+    except Stop as stop:
+        _stop(workers, search)
+        _show_new(search, display, seen)
+        return stop.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _fail_trials_of(search: Search, workers: Sequence[Worker]) -> list[int]:
+    ids = {recovery.worker_id(w.pid) for w in workers if w.process is not None}
+    return recovery.fail_lost_trials(search.study, lost=ids.__contains__,
+                                     on_lost=search.tracker.end_lost_run)
+
+
+def _stop(workers: Sequence[Worker], search: Search) -> None:
+    """SIGTERM every worker; kill what still runs after the grace period; fail its trials."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    live = [w for w in workers if w.process is not None and w.process.poll() is None]
+    for worker in live:
+        worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in live:
+        try:
+            worker.process.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            worker.process.kill()  # type: ignore[union-attr]
+            worker.process.wait()  # type: ignore[union-attr]
+    _fail_trials_of(search, workers)
+
+
+def _show_new(search: Search, display: ProgressDisplay, seen: set[int]) -> None:
+    for trial in search.study.get_trials(deepcopy=False, states=DONE):
+        if trial.number not in seen:
+            seen.add(trial.number)
+            display(search.study, trial)
