@@ -1,0 +1,220 @@
+"""`python -m search.refit --study NAME [--trial N]`: retrain a trial's config, test it, save it.
+
+The best trial (or trial N) is trained again on train + validation for its study's full epochs,
+then evaluated once on the held-out test split, which the search never touched, and on a
+shifted test set (common corruptions at fixed severities). Everything goes to one MLflow run,
+linked to the trial and nested under the study's run; the model is logged with
+`mlflow.pytorch` (uint8 images in, logits out) so that `mlflow.pytorch.load_model` gives it back
+and it can be registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from search.cli import Parser, store_parser
+from search.errors import UsageError
+
+PROG = "search.refit"
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, parents=[store_parser()],
+                    description="Retrain a trial's config on train + validation and test it.")
+    parser.add_argument("--trial", type=int, default=None,
+                        help="trial number (default: the best trial)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data-dir", default=None, help="as given to search.run")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="as given to search.run, for a study started with --weights")
+    parser.add_argument("--register", default=None, metavar="MODEL_NAME",
+                        help="also register the model in MLflow's model registry")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        kwargs = vars(build_parser().parse_args(argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        result = refit(**kwargs)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    width = max(len(k) for k in result["metrics"])
+    print(f"refit of trial {result['trial']} -> MLflow run {result['run_id']}")
+    for key, value in sorted(result["metrics"].items()):
+        print(f"  {key:<{width}}  {value:.4f}")
+    print(f"model: {result['model_uri']}")
+    return 0
+
+
+def refit(*, study: str, name: str | None = None, storage: str | None = None,
+          tracking_uri: str | None = None, trial: int | None = None, device: str = "auto",
+          data_dir: str | None = None, weights: str | None = None,
+          register: str | None = None) -> dict[str, Any]:
+    import optuna
+
+    import spaces
+    from search import stores as stores_module
+    from search.session import load_task, pick_device, quiet_libraries
+    from search.storage import open_storage
+    from search.urls import mask_url
+
+    quiet_libraries()
+    try:
+        spec = spaces.get_study(study)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    name = name or spec.name
+    stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
+    try:
+        found = optuna.load_study(study_name=name, storage=open_storage(stores.storage))
+    except KeyError:
+        raise UsageError(f"no study {name!r} in {mask_url(stores.storage)}: run python -m "
+                         f"search.run --study {study} first") from None
+    chosen = _pick(found, trial)
+    attrs = found.user_attrs
+    resolution = attrs.get("resolution", 0)
+    settings = spaces.Settings(
+        epochs=int(attrs.get("epochs", spec.epochs)), seed=int(attrs.get("seed", spec.seed)),
+        resolution=None if resolution == "search" else int(resolution),
+    )
+    if attrs.get("init") == "file" and weights is None:
+        raise UsageError(f"study {name!r} was started with --weights PATH: give it again")
+    options = spaces.TaskOptions(
+        seed=settings.seed, cache_dir=stores.cache_dir,
+        data_dir=Path(data_dir).expanduser() if data_dir else spec.data_dir,
+        backbone=attrs.get("backbone"), weights=Path(weights).expanduser() if weights else None,
+        pretrained=attrs.get("init") != "random",
+    )
+    device = pick_device(device)
+    config = spec.space(cast(optuna.Trial, optuna.trial.FixedTrial(chosen.params)), settings)
+    task = load_task(spec, options, "cpu")
+    return _train_and_log(found, chosen, config, task, device=device, stores=stores,
+                          register=register)
+
+
+def _pick(study: Any, number: int | None) -> Any:
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if number is None:
+        if not complete:
+            raise UsageError(f"study {study.study_name!r} has no completed trial to refit")
+        from search.display import best_trial
+
+        return best_trial(study)
+    chosen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if chosen is None or not chosen.params:
+        raise UsageError(f"study {study.study_name!r} has no trial {number} with parameters")
+    return chosen
+
+
+def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: str,
+                   stores: Any, register: str | None) -> dict[str, Any]:
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from objectives.data import Split, Task
+    from objectives.train import fine_tune
+    from search.tracking import versions
+
+    data = task.data
+    both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+    fit_data = dataclasses.replace(data, train=both)  # val stays: an in-sample curve only
+    fit_task = Task(f"{task.name}-refit", fit_data, task.make_model)
+
+    client = MlflowClient(stores.client_uri)
+    experiment = client.get_experiment_by_name(study.study_name)
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    tags = {"search.role": "refit", "search.refit_of_trial": str(chosen.number),
+            "optuna.study_name": study.study_name, "device": device, **versions()}
+    if chosen.user_attrs.get("mlflow_run_id"):
+        tags["search.refit_of_run"] = chosen.user_attrs["mlflow_run_id"]
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        study.study_name, artifact_location=stores.artifact_location)
+    run_id = client.create_run(experiment_id, run_name=f"refit-trial-{chosen.number}",
+                               tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.to_dict().items()])
+    status = "FAILED"
+    try:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            client.log_batch(run_id, metrics=[
+                Metric(k, float(v), 0, epoch) for k, v in metrics.items()
+                if k in ("train_loss", "lr", "epoch_seconds")])
+
+        model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch).model
+        metrics = evaluate(model, fit_task, resolution=config.resolution)
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+        model_uri = _log_model(mlflow, stores.client_uri, run_id, model, data,
+                               config.resolution, register)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+    return {"trial": chosen.number, "run_id": run_id, "metrics": metrics,
+            "model_uri": model_uri}
+
+
+def evaluate(model: Any, task: Any, *, resolution: int) -> dict[str, float]:
+    """Test metrics, and accuracy under each corruption (per severity, per corruption, mean)."""
+    from objectives.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+    from objectives.data import Split
+    from objectives.metrics import classification_metrics, per_class_recall
+    from objectives.train import predict
+
+    test = task.data.test
+    logits = predict(model, test, task, resolution=resolution)
+    metrics = {k.replace("val_", "test_", 1): v
+               for k, v in classification_metrics(logits, test.y).items()}
+    for name, recall in zip(task.data.class_names, per_class_recall(
+            logits, test.y, task.data.num_classes), strict=True):
+        metrics[f"test_recall/{name}"] = recall
+    means = []
+    for corruption in CORRUPTIONS:
+        accuracies = []
+        for severity in SEVERITIES:
+            shifted = Split(corrupt(test.x, corruption, severity, seed=severity), test.y)
+            predicted = predict(model, shifted, task, resolution=resolution).argmax(dim=1)
+            accuracies.append(float((predicted == test.y).float().mean()))
+            metrics[f"corrupt/{corruption}/{severity}"] = accuracies[-1]
+        metrics[f"corrupt/{corruption}"] = statistics.fmean(accuracies)
+        means.append(metrics[f"corrupt/{corruption}"])
+    metrics["test_corruption_accuracy"] = statistics.fmean(means)
+    return metrics
+
+
+def _log_model(mlflow: Any, tracking_uri: str, run_id: str, model: Any, data: Any,
+               resolution: int, register: str | None) -> str:
+    import torch
+
+    from objectives.serving import ImageClassifier
+
+    served = ImageClassifier(model.cpu().eval(), data, resolution=resolution).eval()
+    example = data.test.x[:4].numpy()
+    with torch.inference_mode():
+        output = served(torch.from_numpy(example)).numpy()
+    signature = mlflow.models.infer_signature(example, output)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(served, name="model", signature=signature,
+                                        input_example=example,
+                                        registered_model_name=register)
+    return str(info.model_uri)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""`python -m search.report --study NAME`: what a study has found, as tables, CSV files and plots.
+
+Read-only on the Optuna storage, so it can run while a search is still going. The files go to
+--out (default mlruns/reports/NAME/) and are logged under report/ in the study's MLflow run.
+Exit status: 0 on success, 2 for bad input, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import statistics
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from search.cli import Parser, positive_int, store_parser
+from search.display import describe_params, key_columns, leaderboard, state_summary
+from search.errors import UsageError
+from search.storage import open_storage
+from search.stores import Stores, resolve
+from search.study import OBJECTIVES
+from search.urls import mask_text, mask_url
+
+PROG = "search.report"
+PLOTS = ("optimization_history", "intermediate_values", "pareto_front", "parallel_coordinate",
+         "param_importances", "slice")
+TABLES = ("loss_families.csv", "importances.csv", "trials.csv", "pareto_front.csv")
+COUNTED = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned",
+           TrialState.FAIL: "failed"}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, parents=[store_parser()],
+                    description="Report on a study: leaderboard, loss families, parameter "
+                                "importances and plots (read-only; safe during a search).")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for the report's files (default mlruns/reports/NAME)")
+    parser.add_argument("--top", type=positive_int, default=10,
+                        help="trials in the leaderboard (default 10)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        kwargs = vars(build_parser().parse_args(argv))
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
+    try:
+        report(**kwargs)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """The one value that tables and plots rank by: accuracy when the study optimizes it."""
+    index: int
+    name: str
+    maximize: bool
+    multi: bool  # a multi-objective study: Optuna needs the target spelled out
+
+    def __call__(self, trial: FrozenTrial) -> float:
+        return float(trial.values[self.index])
+
+    def for_importances(self) -> Any:
+        # None: the study's own objective. Else a target where low is good: Optuna 5's default
+        # importance evaluator (PED-ANOVA) explains what makes a given target *low*.
+        return None if not self.multi else (lambda t: -self(t)) if self.maximize else self
+
+
+def report(*, study: str, name: str | None = None, storage: str | None = None,
+           tracking_uri: str | None = None, out: str | None = None, top: int = 10) -> Path:
+    """Print the report, write its files and log them to MLflow; returns the folder."""
+    import spaces
+    from search.session import quiet_libraries
+
+    quiet_libraries()
+    try:
+        spec = spaces.get_study(study)
+    except ValueError as e:  # an unknown study: one line, exit 2
+        raise UsageError(str(e)) from None
+    name = name or spec.name
+    stores = resolve(storage=storage, tracking_uri=tracking_uri)
+    found = load(stores.storage, name, study)
+    folder = Path(out) if out else Path("mlruns") / "reports" / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A file an earlier report wrote but this one cannot (a skipped plot) must not linger.
+        for stale in (*TABLES, *(f"{p}.{ext}" for p in PLOTS for ext in ("html", "png"))):
+            (folder / stale).unlink(missing_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write to {folder}/ ({e.strerror or e}): give --out") from None
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs, CI: rows kept whole
+    say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
+    metrics, target = pick_target(found, spec.metric)
+    say(f"study {name!r}: {len(found.trials)} trials; storage {mask_url(stores.storage)}")
+    console.print(leaderboard(found, metric=",".join(metrics), top=top))
+    say(state_summary(found))
+    if target.multi:
+        console.print(pareto_table(found, metrics, folder / "pareto_front.csv"))
+    elif found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = found.best_trial
+        say(f"best: trial {best.number} {metrics[0]}={best.values[0]:.4f} "
+            f"[{describe_params(best.params)}]")
+    console.print(families_table(found, target, folder / "loss_families.csv"))
+    table, notes = importances_table(found, target, folder / "importances.csv")
+    say(table or "parameter importances need at least 2 completed trials")
+    for note in notes + draw_plots(found, folder, target, metrics):
+        say(f"note: {note}")
+    found.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    say(f"report written to {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    say(log_report(found, folder, stores))
+    return folder
+
+
+def load(storage: str, name: str, study: str) -> optuna.Study:
+    """The study, read without writing: a missing journal or SQLite file is not created."""
+    missing = UsageError(f"no study {name!r} in {mask_url(storage)}: run python -m search.run "
+                         f"--study {study}" + (f" --name {name}" if name != study else "")
+                         + " first")
+    sqlite = storage.lower().startswith("sqlite:///")
+    path = storage[len("sqlite:///"):].split("?", 1)[0] if sqlite else storage
+    if (sqlite or "://" not in storage) and path != ":memory:" and not Path(path).is_file():
+        raise missing  # rather than let Optuna create an empty journal or database
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        raise missing from None
+
+
+def pick_target(study: optuna.Study, metric: str) -> tuple[list[str], Target]:
+    """The metric behind each value of a trial (as search.run names them), and the target."""
+    names = str(study.user_attrs.get("objectives") or "").split(",")
+    metrics = [OBJECTIVES[n][0] for n in names if n in OBJECTIVES]
+    if len(metrics) != len(study.directions):  # a study made outside search.run
+        metrics = [metric, *(f"objective_{i}" for i in range(1, len(study.directions)))]
+    # "Which loss fine-tunes best" is about accuracy: rank by it wherever the study has it.
+    index = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    maximize = study.directions[index] == optuna.study.StudyDirection.MAXIMIZE
+    return metrics, Target(index, metrics[index], maximize, multi=len(metrics) > 1)
+
+
+def families_table(study: optuna.Study, target: Target, path: Path) -> Table:
+    """One row per loss family, best first; also written to `path`."""
+    counts: dict[str, dict[str, int]] = {}
+    scores: dict[str, list[float]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "loss" in trial.params:
+            family = str(trial.params["loss"])
+            count = counts.setdefault(family, dict.fromkeys(("trials", *COUNTED.values()), 0))
+            count["trials"] += 1
+            if trial.state in COUNTED:  # running and waiting trials are among the trials only
+                count[COUNTED[trial.state]] += 1
+            if trial.state == TrialState.COMPLETE:
+                scores.setdefault(family, []).append(target(trial))
+    rows = []
+    for family, count in counts.items():
+        values = scores.get(family, [])
+        best = (max if target.maximize else min)(values) if values else None
+        rows.append([family, *count.values(), best, statistics.median(values) if values else None])
+    sign = -1 if target.maximize else 1  # best first; families with no completed trial last
+    rows.sort(key=lambda r: (r[-2] is None, sign * (r[-2] or 0.0), r[0]))
+    columns = ["loss", "trials", *COUNTED.values(), f"best_{target.name}",
+               f"median_{target.name}"]
+    write_csv(path, columns, rows)
+    return make_table(f"loss families by {target.name} of their completed trials", columns, rows)
+
+
+def pareto_table(study: optuna.Study, metrics: list[str], path: Path) -> Table:
+    """The Pareto front (a multi-objective study has no single best); also written to `path`."""
+    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    front = sorted(study.best_trials, key=lambda t: t.values[0], reverse=reverse)
+    params = list(dict.fromkeys(p for t in front for p in t.params))
+    write_csv(path, ["trial", *metrics, *params],
+              [[t.number, *t.values, *(t.params.get(p) for p in params)] for t in front])
+    cells = [key_columns(t.params) for t in front]
+    columns = list(dict.fromkeys(k for row in cells for k in row))
+    return make_table(f"Pareto front of study {study.study_name!r}: {len(front)} trials",
+                      ["trial", *metrics, *columns],
+                      [[t.number, *t.values, *(row.get(c, "") for c in columns)]
+                       for t, row in zip(front, cells, strict=True)])
+
+
+def importances_table(study: optuna.Study, target: Target,
+                      path: Path) -> tuple[Table | None, list[str]]:
+    """Parameter importances (None before 2 completed trials), written to `path`; and notes."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            found = optuna.importance.get_param_importances(study, target=target.for_importances())
+        except (ValueError, RuntimeError) as e:
+            return None, [f"parameter importances: {first_line(e)}"]
+    rows: list[list[Any]] = [list(item) for item in found.items()]
+    write_csv(path, ["parameter", "importance"], rows)
+    # What Optuna says about their reliability (e.g. too few trials in a regime), once each.
+    notes = dict.fromkeys(f"parameter importances: {first_line(w.message)}" for w in caught
+                          if "low `target`" not in str(w.message))
+    return make_table(f"parameter importances ({target.name})", ["parameter", "importance"],
+                      rows), list(notes)
+
+
+def draw_plots(study: optuna.Study, folder: Path, target: Target, metrics: list[str]) -> list[str]:
+    """Each plot as HTML (plotly) and PNG (matplotlib); notes for the plots skipped."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from optuna import visualization as plotly_plots
+    from optuna.visualization import matplotlib as png_plots
+
+    plt.switch_backend("Agg")  # files only: no display needed (servers, CI)
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    none = "no completed trial yet" if not completed else None
+    curves = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+    single = {"target": target, "target_name": target.name} if target.multi else {}
+    plots: list[tuple[str, dict[str, Any], str | None]] = [  # (name, arguments, why not)
+        ("pareto_front", {"target_names": metrics}, none)] if target.multi else [  # trade-off
+        ("optimization_history", {}, none),
+        ("intermediate_values", {}, None if curves else "no trial reported a value")]
+    plots += [("parallel_coordinate", single, none),
+              ("param_importances", {"target": target.for_importances(),
+                                     "target_name": target.name},
+               "needs at least 2 completed trials" if completed < 2 else None),
+              ("slice", single, none)]
+    notes = []
+    for name, kwargs, missing in plots:
+        if missing:
+            notes.append(f"{name} plot skipped: {missing}")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the importances table gave its notes
+                getattr(plotly_plots, f"plot_{name}")(study, **kwargs).write_html(
+                    folder / f"{name}.html", include_plotlyjs="cdn")  # as mlflow.log_figure
+                axes = getattr(png_plots, f"plot_{name}")(study, **kwargs)
+            figure = np.ravel(axes)[0].figure  # a slice plot is a row of axes
+            figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(figure)
+        except (ValueError, RuntimeError) as e:
+            notes.append(f"{name} plot skipped: {first_line(e)}")
+    return notes
+
+
+def make_table(title: str, columns: Sequence[str], rows: list[list[Any]]) -> Table:
+    """A rich table: numbers right-aligned, floats to 4 digits, None as an empty cell."""
+    table = Table(title=title, min_width=len(title))  # a title on one line
+    for i, column in enumerate(columns):
+        numeric = any(isinstance(row[i], (int, float)) for row in rows)
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+                        for v in row))
+    return table
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+
+
+def log_report(study: optuna.Study, folder: Path, stores: Stores) -> str:
+    """Log the folder under report/ in the study's MLflow run; says how that went."""
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        return (f"warning: study {study.study_name!r} has no MLflow run (mlflow_parent_run_id): "
+                "the report is not logged to MLflow")
+    try:
+        from mlflow import MlflowClient  # here: importing MLflow takes seconds
+        client = MlflowClient(stores.client_uri)
+        client.get_run(parent)  # a clear "not found" rather than an artifact store error
+        client.log_artifacts(parent, str(folder), "report")
+    except Exception as e:  # any store or server error, as one line
+        reason = mask_text(first_line(e), stores.tracking_uri)
+        return (f"warning: report not logged to MLflow run {parent} in "
+                f"{mask_url(stores.tracking_uri)}: {reason}")
+    return f"logged under report/ in MLflow run {parent}"
+
+
+def first_line(error: object) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
