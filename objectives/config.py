@@ -10,12 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from objectives.losses import DISTILL, LOSS_NAMES
+
 # Which config field feeds which loss's constructor argument (see objectives.losses).
 _LOSS_PARAMS: dict[str, dict[str, str]] = {
     "label_smoothing": {"epsilon": "label_smoothing"},
     "focal": {"gamma": "focal_gamma"},
     "huber": {"delta": "huber_delta"},
     "kl": {"epsilon": "kl_smoothing"},
+    DISTILL: {"alpha": "distill_alpha", "temperature": "distill_temperature"},
 }
 
 
@@ -27,6 +30,12 @@ class TrialConfig:
     focal_gamma: float = 2.0  # focusing exponent, 0 = cross-entropy
     huber_delta: float = 1.0  # switch point from quadratic to linear, in probability units
     kl_smoothing: float = 0.1  # epsilon of the smoothed target distribution
+    # Knowledge distillation (loss "distill", needs a teacher): alpha * T^2 * KL(teacher ||
+    # student) at temperature T, plus (1 - alpha) * the `distill_base` loss on the labels, whose
+    # own parameter is the field above that belongs to it.
+    distill_alpha: float = 0.5  # weight of the teacher term, in [0, 1]
+    distill_temperature: float = 4.0  # softens both distributions; > 0
+    distill_base: str = "cross_entropy"  # any loss but distill
     # Explicit penalty added to the loss: none, l1, l2, l2_sp; lambda per unit of squared norm.
     penalty: str = "none"
     penalty_lambda: float = 0.0
@@ -39,7 +48,11 @@ class TrialConfig:
     warmup_epochs: float = 1.0  # linear warmup, then cosine decay to 0 at the last step
     # Fine-tuning.
     freeze_depth: int = 0  # number of backbone stages frozen from the input side
+    # Layer-wise lr: the head trains at lr, the deepest stage at lr * lr_decay, each stage below
+    # at lr_decay times the one above it; 1.0 = one lr for everything. In (0, 1].
+    lr_decay: float = 1.0
     batch_size: int = 32  # images per step
+    resolution: int = 0  # side in pixels the images are resized to on the device; 0 = as stored
     epochs: int = 20
     seed: int = 0
 
@@ -48,16 +61,33 @@ class TrialConfig:
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not (isinstance(self.resolution, int) and self.resolution >= 0):
+            raise ValueError(f"resolution must be 0 (as stored) or a side in pixels, got "
+                             f"{self.resolution!r}")
         if self.freeze_depth < 0:
             raise ValueError(f"freeze_depth must be >= 0, got {self.freeze_depth!r}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         if not (self.penalty_lambda >= 0 and math.isfinite(self.penalty_lambda)):
             raise ValueError(f"penalty_lambda must be >= 0, got {self.penalty_lambda!r}")
+        if not 0.0 <= self.distill_alpha <= 1.0:  # also refuses NaN
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature must be a positive number, got "
+                             f"{self.distill_temperature!r}")
+        if self.distill_base not in LOSS_NAMES:
+            raise ValueError(f"distill_base must be one of {', '.join(LOSS_NAMES)} (a loss on "
+                             f"the labels, not {DISTILL!r}), got {self.distill_base!r}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
 
-    def loss_params(self) -> dict[str, float]:
-        """The keyword arguments of this config's loss."""
-        fields = _LOSS_PARAMS.get(self.loss, {})
+    def loss_params(self, name: str | None = None) -> dict[str, float]:
+        """The keyword arguments of loss `name` (default: this config's loss) under this config.
+
+        For distill these are its alpha and temperature; its base loss's are
+        `loss_params(config.distill_base)` (objectives.losses.build_criterion puts them together).
+        """
+        fields = _LOSS_PARAMS.get(self.loss if name is None else name, {})
         return {arg: getattr(self, field) for arg, field in fields.items()}
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,29 +2,38 @@
 
 Every loss takes ``logits`` of shape (N, C) (any float dtype; bf16 is upcast because softmax,
 log and pow lose too much precision in 8 mantissa bits) and integer class indices ``target`` of
-shape (N,), and returns the scalar mean over the batch.
+shape (N,), and returns the scalar mean over the batch. ``distill`` also takes the teacher's
+logits, so it sits apart from ``LOSSES``: a study without a teacher cannot train it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # config imports the loss names from here
+    from objectives.config import TrialConfig
+
 __all__ = [
+    "ALL_LOSSES",
+    "ALL_LOSS_NAMES",
+    "DISTILL",
     "LOSSES",
     "LOSS_NAMES",
     "BCELoss",
     "BrierLoss",
     "CrossEntropyLoss",
+    "DistillLoss",
     "FocalLoss",
     "HuberLoss",
     "KLLoss",
     "LabelSmoothingLoss",
     "MAELoss",
+    "build_criterion",
     "build_loss",
 ]
 
@@ -214,6 +223,56 @@ class KLLoss(_Loss):
         return f"epsilon={self.epsilon}"
 
 
+class DistillLoss(_Loss):
+    """Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural
+    Network"): ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` plus
+    ``(1 - alpha) * base(student, target)``. The KL is summed over classes, averaged over the
+    batch. T^2 keeps the soft term's gradients, which shrink as 1/T^2, on the scale of the hard
+    term's whatever the temperature.
+
+    The teacher's logits are a constant: no gradient reaches the teacher. They may be inference
+    tensors (made under ``torch.inference_mode``) in bf16: a float32 copy made here is an
+    ordinary tensor that autograd may save for the backward pass.
+    """
+
+    param_names = ("alpha", "temperature")
+
+    def __init__(
+        self, *, alpha: float = 0.5, temperature: float = 4.0, base: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        alpha, temperature = float(alpha), float(temperature)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        if not (math.isfinite(temperature) and temperature > 0.0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        self.alpha, self.temperature = alpha, temperature
+        self.base = base if base is not None else CrossEntropyLoss()
+
+    def forward(  # type: ignore[override]
+        self, logits: Tensor, target: Tensor, teacher_logits: Tensor
+    ) -> Tensor:
+        x = _check_inputs(logits, target)
+        if teacher_logits.shape != x.shape:
+            raise ValueError(f"teacher logits have shape {tuple(teacher_logits.shape)}, the "
+                             f"student's {tuple(x.shape)}: they must match")
+        # Terms of weight 0 are skipped: 0 * inf would be NaN, and they cost a softmax each.
+        hard = self.base(logits, target) if self.alpha < 1.0 else None
+        if self.alpha == 0.0:
+            assert hard is not None
+            return hard
+        t = self.temperature
+        with torch.no_grad():  # a copy outside inference mode, float32, never differentiated
+            teacher = teacher_logits.detach().to(torch.float32, copy=True)
+            log_p = F.log_softmax(teacher / t, dim=1)
+        kl = (log_p.exp() * (log_p - F.log_softmax(x / t, dim=1))).sum(dim=1).mean()
+        soft = self.alpha * t * t * kl
+        return soft if hard is None else soft + (1.0 - self.alpha) * hard
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, temperature={self.temperature}"
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "cross_entropy": CrossEntropyLoss,
     "label_smoothing": LabelSmoothingLoss,
@@ -225,19 +284,26 @@ LOSSES: dict[str, type[nn.Module]] = {
     "kl": KLLoss,
 }
 
+# The losses of the labels alone: what a study without a teacher searches, and what distill
+# may mix in. Distill is registered apart, so that these choices stay those of every study.
 LOSS_NAMES: tuple[str, ...] = tuple(sorted(LOSSES))
+DISTILL = "distill"
+ALL_LOSSES: dict[str, type[nn.Module]] = {**LOSSES, DISTILL: DistillLoss}
+ALL_LOSS_NAMES: tuple[str, ...] = tuple(sorted(ALL_LOSSES))
 
 
 def build_loss(name: str, **params: float) -> nn.Module:
     """Instantiate the loss registered as ``name`` with its keyword options.
 
-    Options: label_smoothing(epsilon), focal(gamma), huber(delta), kl(epsilon); the others take
-    none. Options left out get the class defaults.
+    Options: label_smoothing(epsilon), focal(gamma), huber(delta), kl(epsilon),
+    distill(alpha, temperature; its base is cross-entropy: see build_criterion for another);
+    the others take none. Options left out get the class defaults.
     """
     try:
-        cls = LOSSES[name]
+        cls = ALL_LOSSES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSS_NAMES)}") from None
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSS_NAMES)}; "
+                         f"and {DISTILL} (with a teacher)") from None
     accepted: tuple[str, ...] = getattr(cls, "param_names", ())
     unexpected = sorted(set(params) - set(accepted))
     if unexpected:
@@ -246,3 +312,11 @@ def build_loss(name: str, **params: float) -> nn.Module:
             f"loss {name!r} got unexpected parameter(s) {', '.join(unexpected)}; it takes: {takes}"
         )
     return cls(**params)
+
+
+def build_criterion(config: TrialConfig) -> nn.Module:
+    """The loss `config` trains with; for distill, with its base loss built from the config."""
+    if config.loss != DISTILL:
+        return build_loss(config.loss, **config.loss_params())
+    base = build_loss(config.distill_base, **config.loss_params(config.distill_base))
+    return DistillLoss(base=base, **config.loss_params())

@@ -39,6 +39,7 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build optimizer ``name`` and record each group's initial lr as ``group["base_lr"]``.
 
@@ -47,7 +48,9 @@ def build_optimizer(
     only by ``momentum``; both are ignored by the others (``sgd`` is SGD without momentum, and
     Adam/AdamW keep torch's betas (0.9, 0.999)). ``weight_decay`` is always passed explicitly,
     so AdamW does not silently use its own default of 0.01; it is coupled L2 for all but AdamW
-    (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization").
+    (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"). ``fused`` asks for
+    torch's fused CUDA kernels (one launch per step instead of one per tensor); RMSprop has none
+    and ignores it.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
@@ -69,16 +72,16 @@ def build_optimizer(
             _check_lr(p["lr"], f"param group {i} lr")
 
     opt: torch.optim.Optimizer
+    kernel: dict[str, Any] = {"fused": True} if fused else {}
     if name == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=0.0, weight_decay=weight_decay)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.0, weight_decay=weight_decay, **kernel)
     elif name == "momentum":
-        opt = torch.optim.SGD(
-            groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
+                              weight_decay=weight_decay, **kernel)
     elif name == "adam":
-        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, **kernel)
     elif name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **kernel)
     else:  # rmsprop
         opt = torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 

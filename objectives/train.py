@@ -7,15 +7,18 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from objectives.augment import random_crop, random_flip
+from objectives.augment import random_crop, random_flip, resize
+from objectives.checkpoint import load_checkpoint, save_checkpoint
 from objectives.config import TrialConfig
-from objectives.data import Split, Task
-from objectives.losses import build_loss
+from objectives.data import ImageData, Split, Task
+from objectives.losses import DISTILL, build_criterion
 from objectives.metrics import classification_metrics
-from objectives.models import StagedNet, freeze, trainable_parameters
+from objectives.models import StagedNet, freeze, layerwise_groups, trainable_parameters
 from objectives.optim import build_optimizer, lr_factor, set_lr
 from objectives.penalties import build_penalty
 
@@ -37,22 +40,65 @@ class FineTuneResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     val_logits: torch.Tensor | None = None  # of the last epoch, float32 on the CPU
     val_targets: torch.Tensor | None = None
+    resumed_from: int = 0  # the epoch a checkpoint held when the run began; 0 = fresh start
 
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1]
 
 
+def augment(x: torch.Tensor, data: ImageData, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation of a uint8 batch, on uint8 (a quarter of the bytes of float):
+    random crop with zero padding, random flip. Apart from `to_input` so that a teacher can see
+    the very same draws as the student, as stored pixels."""
+    if data.crop_padding:
+        x = random_crop(x, data.crop_padding, generator)
+    if data.flip:
+        x = random_flip(x, generator)
+    return x
+
+
+def to_input(
+    x: torch.Tensor, data: ImageData, *, resolution: int = 0, channels_last: bool = False
+) -> torch.Tensor:
+    """A uint8 batch to the model's float input: normalized, resized to `resolution` (ImageNet
+    backbones transfer much better above 32x32), laid out channels-last for the GPU's convs."""
+    x = resize(data.normalize(x), resolution)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def prepare(
+    x: torch.Tensor, data: ImageData, *, resolution: int = 0,
+    generator: torch.Generator | None = None, channels_last: bool = False,
+) -> torch.Tensor:
+    """A uint8 batch, already on its device, to the model's float input; augmented first when
+    given a `generator` (training)."""
+    if generator is not None:
+        x = augment(x, data, generator)
+    return to_input(x, data, resolution=resolution, channels_last=channels_last)
+
+
+def eval_batch_size(side: int) -> int:
+    """Images per evaluation batch: 1024 up to 64x64, fewer as images grow (memory)."""
+    return max(128, min(1024, 1024 * 64 * 64 // max(side, 1) ** 2))
+
+
 @torch.inference_mode()
-def predict(model: StagedNet, split: Split, task: Task, *, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: torch.nn.Module, split: Split, task: Task, *, batch_size: int | None = None,
+            resolution: int = 0) -> torch.Tensor:
     """Logits of a whole split, in large batches, as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
+    side = resolution or split.x.shape[-1]
+    batch_size = batch_size or eval_batch_size(side)
+    channels_last = device.type == "cuda"
     outputs = []
     for start in range(0, len(split), batch_size):
-        x = task.data.normalize(split.x[start : start + batch_size].to(device))
+        x = prepare(split.x[start : start + batch_size].to(device), task.data,
+                    resolution=resolution, channels_last=channels_last)
         with _autocast(device):
             outputs.append(model(x).float())
+    # One transfer (and so one wait for the device) per split, not one per batch.
     return torch.cat(outputs).cpu()
 
 
@@ -63,65 +109,164 @@ def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
     return nullcontext()
 
 
+_CHECKPOINT_KEYS = frozenset({
+    "config", "epoch", "step", "model", "optimizer", "generator", "reference", "history",
+    "val_logits", "val_targets",
+})
+
+
+def _resume_state(path: str | Path, config: TrialConfig) -> dict[str, Any] | None:
+    """The checkpoint at `path` if there is one, after checking it belongs to `config`."""
+    state = load_checkpoint(path)
+    if state is None:
+        return None
+    if missing := _CHECKPOINT_KEYS - state.keys():
+        raise ValueError(f"checkpoint {path} cannot be read: it lacks {sorted(missing)}; "
+                         "delete it to start the trial over")
+    ours, theirs = config.to_dict(), state["config"]
+    if theirs != ours:
+        theirs = theirs if isinstance(theirs, dict) else {}
+        differ = sorted(k for k in ours.keys() | theirs.keys()
+                        if k not in ours or k not in theirs or ours[k] != theirs[k])
+        raise ValueError(f"checkpoint {path} was written under another config (it differs in "
+                         f"{', '.join(differ)}): it belongs to another trial; refusing to resume")
+    return state
+
+
+def _check_teacher(teacher: torch.nn.Module | None, config: TrialConfig, data: ImageData,
+                   device: torch.device) -> torch.nn.Module | None:
+    """The teacher on `device` in eval mode if `config` distills, else None (it is ignored).
+
+    One dry forward on one training image checks, before any training, that it maps a uint8
+    batch to logits over the task's classes.
+    """
+    if config.loss != DISTILL:
+        return None
+    if teacher is None:
+        raise ValueError("the distill loss needs a teacher model: pass fine_tune(..., "
+                         "teacher=MODULE), a module from uint8 images to logits")
+    teacher.to(device).eval()
+    with torch.inference_mode(), _autocast(device):
+        out = teacher(data.train.x[:1].to(device))
+    if out.ndim != 2:
+        raise ValueError(f"the teacher must return logits (N, classes), got shape "
+                         f"{tuple(out.shape)}")
+    if out.shape[1] != data.num_classes:
+        raise ValueError(f"the teacher has {out.shape[1]} classes but the task has "
+                         f"{data.num_classes}: they must match")
+    return teacher
+
+
 def fine_tune(
     config: TrialConfig,
     task: Task,
     *,
     device: str | torch.device = "cpu",
     on_epoch: EpochCallback | None = None,
+    compile: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 0.0,
+    teacher: torch.nn.Module | None = None,
 ) -> FineTuneResult:
     """Fine-tune `task`'s pretrained model under `config`; call `on_epoch` after every epoch.
 
     `on_epoch(epoch, metrics)` gets the 1-based epoch and its validation metrics; anything it
-    raises (a pruning signal, say) ends the run and propagates.
+    raises (a pruning signal, say) ends the run and propagates. `compile` runs the model
+    through `torch.compile` (worth its start-up cost on long GPU trials only).
+
+    With a `checkpoint` path, everything needed to continue exactly (model, optimizer, step,
+    the generator of shuffling and augmentation, the l2_sp anchor, history, last logits) is
+    saved there atomically after each epoch, before `on_epoch`. If the file exists at the
+    start, the run continues after the epoch it holds (`resumed_from`); epochs done are neither
+    trained nor reported again. A checkpoint of another config is refused (ValueError). The
+    file is left in place: removing it once the trial is recorded is the caller's job.
+    `checkpoint_seconds` saves only when that long has passed since the last save (or the
+    start): on one-second epochs a save per epoch would cost more than it can win back.
+
+    `teacher` is used by the distill loss only (which refuses to run without one), and ignored
+    otherwise. It maps a uint8 batch (N, C, H, W) of stored 0-255 pixels to logits (N, classes)
+    (objectives.serving.ImageClassifier, say: it normalizes and resizes inside). It is moved to
+    `device` and put in eval mode, runs under inference mode, sees the same augmented images
+    as the student, is never trained, and is not part of the checkpoint.
+
+    On CUDA: bf16 autocast, channels-last, cuDNN autotuning, fused optimizers, and nothing in
+    the step loop waits for the device; the loss is summed there and read once per epoch.
     """
     device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
     data = task.data
+    # Read first: a foreign or corrupt checkpoint fails before any model is built.
+    resume = _resume_state(checkpoint, config) if checkpoint is not None else None
+    teacher = _check_teacher(teacher, config, data, device)
     model = task.make_model(config.seed)
     freeze(model, config.freeze_depth)
     model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    forward = cast(torch.nn.Module, torch.compile(model)) if compile else model
     params = trainable_parameters(model)
-    criterion = build_loss(config.loss, **config.loss_params())
+    criterion = build_criterion(config)
     if config.penalty == "l2_sp":
         backbone = [p for p in model.backbone_parameters() if p.requires_grad]
-        penalty = build_penalty(
-            config.penalty, config.penalty_lambda, params=backbone,
-            reference=[p.detach().clone() for p in backbone],
-        )
+        # The anchor is the weights the run started from. A resumed run reads them from the
+        # checkpoint rather than trusting make_model to rebuild the very same ones.
+        if resume is not None and resume["reference"] is not None:
+            reference = [r.to(device) for r in resume["reference"]]
+        else:
+            reference = [p.detach().clone() for p in backbone]
+        penalty = build_penalty(config.penalty, config.penalty_lambda, params=backbone,
+                                reference=reference)
     else:
         penalty = build_penalty(config.penalty, config.penalty_lambda, params=params)
+    # lr_decay 1 passes the flat list: the very optimizer of a run without layer-wise rates.
+    groups = params if config.lr_decay == 1.0 else layerwise_groups(model, config.lr,
+                                                                     config.lr_decay)
     optimizer = build_optimizer(
-        config.optimizer, params, lr=config.lr, momentum=config.momentum,
-        nesterov=config.nesterov, weight_decay=config.weight_decay,
+        config.optimizer, groups, lr=config.lr, momentum=config.momentum,
+        nesterov=config.nesterov, weight_decay=config.weight_decay, fused=cuda,
     )
 
     train = data.train.to(device)
-    val_targets = data.val.y
+    val_targets = data.val.y.cpu()  # the logits come back to the CPU for the metrics
     n = len(train)
     batch_size = min(config.batch_size, n)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-    generator = torch.Generator().manual_seed(config.seed)
+    # On the training device, so that shuffling and augmentation draws need no host copies.
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     result = FineTuneResult(model=model)
-    step = 0
-    for epoch in range(1, config.epochs + 1):
+    step = done = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])  # moves its tensors to the params' device
+        generator.set_state(resume["generator"])  # a CPU byte tensor, whatever the device
+        step, done = resume["step"], resume["epoch"]
+        result.history = resume["history"]
+        result.val_logits, result.val_targets = resume["val_logits"], resume["val_targets"]
+        result.resumed_from = done
+    saved = time.monotonic()
+    for epoch in range(done + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
         # Summed on the device and read once per epoch: no host sync inside the step loop.
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n, generator=generator).to(device)
+        order = torch.randperm(n, generator=generator, device=device)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            x = data.normalize(train.x[index])
-            if data.crop_padding:
-                x = random_crop(x, data.crop_padding, generator)
-            if data.flip:
-                x = random_flip(x, generator)
+            images = augment(train.x[index], data, generator)
+            x = to_input(images, data, resolution=config.resolution, channels_last=cuda)
             lr = set_lr(optimizer, lr_factor(step, total_steps=total_steps,
                                              warmup_steps=warmup_steps))
             with _autocast(device):
-                loss = criterion(model(x), train.y[index])
+                if teacher is None:
+                    loss = criterion(forward(x), train.y[index])
+                else:
+                    with torch.inference_mode():
+                        teacher_logits = teacher(images)
+                    loss = criterion(forward(x), train.y[index], teacher_logits)
             objective = loss + penalty() if penalty.active else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -132,7 +277,7 @@ def fine_tune(
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
         train_seconds = time.perf_counter() - started
-        logits = predict(model, data.val, task)
+        logits = predict(forward, data.val, task, resolution=config.resolution)
         metrics = {"train_loss": train_loss, **classification_metrics(logits, val_targets)}
         if penalty.active:
             with torch.no_grad():
@@ -142,6 +287,16 @@ def fine_tune(
         metrics["images_per_second"] = n / train_seconds
         result.history.append(metrics)
         result.val_logits, result.val_targets = logits, val_targets
+        if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds:
+            saved = time.monotonic()
+            # Before on_epoch: a worker killed while reporting resumes after this epoch.
+            save_checkpoint(checkpoint, {
+                "config": config.to_dict(), "epoch": epoch, "step": step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "reference": penalty.reference, "history": result.history,
+                "val_logits": logits, "val_targets": val_targets,
+            })
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return result

@@ -16,8 +16,8 @@ from objectives.train import DivergedError, FineTuneResult, fine_tune
 
 NUM_CLASSES = 4
 BASE_KEYS = {
-    "train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "lr", "epoch_seconds",
-    "images_per_second",
+    "train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "val_ece", "lr",
+    "epoch_seconds", "images_per_second",
 }
 
 
@@ -282,3 +282,12 @@ def test_config_is_not_modified(task: Task) -> None:
     snapshot = dataclasses.asdict(config)
     fine_tune(config, task)
     assert dataclasses.asdict(config) == snapshot
+
+
+def test_compiled_model_trains_like_the_eager_one(task: Task) -> None:
+    # torch.compile's start-up (about a minute on 2 cores) is the cost of this test.
+    eager = fine_tune(_config(epochs=1), task)
+    compiled = fine_tune(_config(epochs=1), task, compile=True)
+    assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-4)
+    assert compiled.final["val_accuracy"] == pytest.approx(eager.final["val_accuracy"],
+                                                           abs=0.02)
