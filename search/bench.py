@@ -5,6 +5,9 @@
 2. pruning: the study with the default pruner and with none, same seeds and budget: epochs
    trained and best validation accuracy.
 3. quickstart: `python -m search.run --study digits` in a fresh folder (pretraining included).
+4. throughput: training images per second of `fine_tune` (uint8 data and augmentation on the
+   device) against a DataLoader + per-image PIL transforms loop (`search.bench_throughput`).
+5. workers: trials per minute of the digits study with 1 and with 2 worker processes.
 
 Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; medians are quoted.
 """
@@ -25,9 +28,11 @@ import optuna
 import spaces
 from objectives.train import fine_tune
 from search.session import open_search, quiet_libraries
+from search.storage import open_storage
 from search.study import FINISHED
+from spaces import Settings
 
-SECTIONS = ("overhead", "pruning", "quickstart")
+SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers")
 
 
 def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]]:
@@ -37,7 +42,7 @@ def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]
     drawn = []
     for _ in range(count):
         trial = study.ask()
-        spec.space(trial, epochs=epochs, seed=spec.seed)
+        spec.space(trial, Settings(epochs=epochs, seed=spec.seed))
         drawn.append(dict(trial.params))
         study.tell(trial, 0.0)
     return drawn
@@ -68,11 +73,10 @@ def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
                              sampler="random", pruner="none", device="cpu",
                              **_stores(workdir / f"overhead-{r}"))
         task = search.task()  # loaded (and cached in this process) outside both timings
-        fine_tune(spec.space(_fixed(params[0]), epochs=1, seed=0), task)  # warm
+        fine_tune(spec.space(_fixed(params[0]), Settings(epochs=1, seed=0)), task)  # warm
         for i, p in enumerate(params):
             search.study.enqueue_trial(p)
-            config = spec.space(_fixed(p), epochs=search.epochs,
-                                seed=search.seed)
+            config = spec.space(_fixed(p), search.settings)
             took = {}
             for step in ("bare", "tracked") if (i + r) % 2 == 0 else ("tracked", "bare"):
                 started = time.perf_counter()
@@ -153,6 +157,51 @@ def quickstart(*, workdir: Path) -> dict[str, float]:
     return {"seconds": seconds, "best": best}
 
 
+def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int = 2,
+            workdir: Path) -> dict[int, dict[str, float]]:
+    """Trials per minute with each worker count: the same 20-epoch trials (enqueued), no pruner.
+
+    Two figures: over the whole command (process start-up included), and over the trials
+    alone (first trial start to last trial end, from the storage).
+    """
+    from objectives.digits import load_digits_task
+
+    folder = workdir / "workers"
+    (folder / "mlruns").mkdir(parents=True)
+    load_digits_task(cache_dir=folder / "mlruns" / "cache", seed=0)  # pretrained once, shared
+    journal = str(folder / "mlruns" / "optuna.journal")
+    params = _sample_params(trials, seed=2, epochs=20)
+    figures: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
+    for r in range(rounds):
+        for n in counts if r % 2 == 0 else counts[::-1]:
+            name = f"workers-{n}-{r}"
+            # The same trials for every worker count: their cost varies with batch size.
+            queued = optuna.create_study(study_name=name, storage=open_storage(journal),
+                                         direction="maximize")
+            for p in params:
+                queued.enqueue_trial(p)
+            started = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-m", "search.run", "--study", "digits", "--name", name,
+                 "--workers", str(n), "--trials", str(trials), "--sampler", "random",
+                 "--pruner", "none"], cwd=folder, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if result.returncode != 0:
+                raise SystemExit(f"workers {n} failed: {result.stderr[-2000:]}")
+            study = optuna.load_study(study_name=name, storage=open_storage(journal))
+            done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+            ends = [t.datetime_complete for t in done if t.datetime_complete is not None]
+            starts = [t.datetime_start for t in done if t.datetime_start is not None]
+            span = (max(ends) - min(starts)).total_seconds()
+            figures[n].append((60 * len(done) / seconds, 60 * len(done) / span))
+            print(f"  {n} worker(s), round {r}: {len(done)} trials in {seconds:.0f}s "
+                  f"({figures[n][-1][0]:.1f}/min; trials alone {figures[n][-1][1]:.1f}/min)",
+                  flush=True)
+    return {n: {"per_minute": statistics.median(f[0] for f in v),
+                "per_minute_trials": statistics.median(f[1] for f in v)}
+            for n, v in figures.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="search.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=SECTIONS, action="append",
@@ -187,6 +236,27 @@ def main(argv: list[str] | None = None) -> int:
             q = quickstart(workdir=workdir)
             print(f"quickstart: {q['seconds']:.0f}s, best val_accuracy {q['best']:.4f}  "
                   "[target <= 180s, >= 0.97]")
+        if "throughput" in sections:
+            from search.bench_throughput import throughput
+
+            print("throughput: resnet18 at 32x32, batch 256, ours vs DataLoader + PIL",
+                  flush=True)
+            t = throughput(device="auto")
+            print(f"throughput ({t['device']}): ours {t['ours_images_per_s']:.0f} images/s, "
+                  f"baseline {t['baseline_images_per_s']:.0f} images/s ({t['workers']} "
+                  f"workers), ratio {t['ratio']:.2f}x  [GPU targets: >= 5x, >= 25,000 "
+                  "images/s with bf16]")
+        if "workers" in sections:
+            print("workers: digits, the same 24 trials of 20 epochs, 1 and 2 worker processes",
+                  flush=True)
+            w = workers(workdir=workdir)
+            one, two = w[1], w[2]
+            print(f"workers: 1 worker {one['per_minute']:.1f} trials/min "
+                  f"({one['per_minute_trials']:.1f} over the trials alone), 2 workers "
+                  f"{two['per_minute']:.1f} ({two['per_minute_trials']:.1f}); speed-up "
+                  f"{two['per_minute'] / one['per_minute']:.2f}x "
+                  f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
+                  "[target >= 1.8x]")
     return 0
 
 

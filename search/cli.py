@@ -36,6 +36,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def store_parser() -> argparse.ArgumentParser:
     """The study and where it lives: common to search.run, and later search.report/refit."""
     parser = argparse.ArgumentParser(add_help=False)

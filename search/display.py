@@ -76,13 +76,14 @@ class ProgressDisplay:
         self.counts[state] += 1
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         if trial.state == TrialState.COMPLETE:
-            outcome = f"{self.metric}={trial.value:.4f}"
+            names = self.metric.split(",")
+            outcome = " ".join(f"{m}={v:.4f}" for m, v in zip(names, trial.values, strict=False))
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at epoch {trial.user_attrs.get('pruned_epoch', '?')}"
         else:
             outcome = trial.user_attrs.get("fail_reason", "failed")
-        best = _best(study)
-        best_text = f"best {best.value:.4f} (#{best.number})" if best else "no best yet"
+        best = best_trial(study)
+        best_text = f"best {best.values[0]:.4f} (#{best.number})" if best else "no best yet"
         self.console.print(
             f"trial {trial.number:>3} {state:<8} {outcome}  [{describe_params(trial.params)}]  "
             f"{seconds:.1f}s  {best_text}",
@@ -97,7 +98,12 @@ class ProgressDisplay:
         )
 
 
-def _best(study: optuna.Study) -> FrozenTrial | None:
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best trial; of a multi-objective study, the best on its first objective."""
+    if len(study.directions) > 1:
+        front = study.best_trials
+        reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        return sorted(front, key=lambda t: t.values[0], reverse=reverse)[0] if front else None
     try:
         return study.best_trial
     except ValueError:
@@ -105,18 +111,20 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 
 
 def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:
+    """The top trials by the first objective (`metric`: comma-separated names, one per value)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(trials, key=lambda t: float(t.value or 0.0), reverse=reverse)[:top]
+    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: float(t.values[0]), reverse=reverse)[:top]
     rows = [key_columns(t.params) for t in ranked]
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {metric}")
-    for column in ("rank", "trial", metric):
+    names = metric.split(",")
+    table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {names[0]}")
+    for column in ("rank", "trial", *names):
         table.add_column(column, justify="right", no_wrap=True)
     for column in columns:
         table.add_column(column, no_wrap=True)
     for rank, (trial, row) in enumerate(zip(ranked, rows, strict=True), 1):
-        table.add_row(str(rank), str(trial.number), f"{trial.value:.4f}",
+        table.add_row(str(rank), str(trial.number), *(f"{v:.4f}" for v in trial.values),
                       *(row.get(c, "") for c in columns))
     return table
 

@@ -7,12 +7,16 @@ interrupted.
 
 from __future__ import annotations
 
+import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from search.cli import Parser, positive_float, positive_int, store_parser
+from search.cli import Parser, non_negative_float, positive_float, positive_int, store_parser
 from search.errors import UsageError
 
 PROG = "search.run"
@@ -37,16 +41,82 @@ def build_parser() -> Parser:
                              "study's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where trials train; auto picks CUDA when present")
+    parser.add_argument("--objectives", type=objective_list, default=None,
+                        help="several validation metrics at once, e.g. accuracy,ece: a "
+                             "multi-objective study (not pruned; search.report shows its "
+                             "Pareto front); names: accuracy, ece, cross_entropy, f1")
+    group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
+    group.add_argument("--workers", type=positive_int, default=None,
+                       help="worker processes on this node (default: one per GPU and "
+                            "--trials-per-gpu, or 1 on a CPU)")
+    group.add_argument("--gpus", type=gpu_list, default=None,
+                       help="GPUs to use, e.g. 0,1 (default: every visible GPU)")
+    group.add_argument("--trials-per-gpu", type=positive_int, default=1,
+                       help="workers sharing each GPU (small trials pack well)")
+    group.add_argument("--heartbeat", type=positive_int, default=30,
+                       help="seconds between Optuna heartbeats on an RDB storage; a trial "
+                            "silent for twice that is failed and retried (default 30)")
+    group.add_argument("--checkpoint-every", type=non_negative_float, default=30.0,
+                       metavar="SECONDS",
+                       help="save a running trial's state at most this often (default 30; 0 = "
+                            "every epoch), so that a lost trial's retry resumes from it")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true",
+                        help="run models through torch.compile (pays off on long GPU trials)")
+    group = parser.add_argument_group(
+        "data and model (image studies such as cifar10)")
+    group.add_argument("--data-dir", default=None,
+                       help="data directory: downloads go there (default ./data); for "
+                            "imagefolder, the folder with one subfolder per class")
+    group.add_argument("--backbone", default=None,
+                       help="torchvision backbone: resnet18 (default), resnet34, resnet50, "
+                            "mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, "
+                            "convnext_tiny")
+    group.add_argument("--weights", default=None, metavar="PATH",
+                       help="the backbone's weights from a local state dict file instead of "
+                            "torchvision's ImageNet download")
+    group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                       help="start the backbone from random weights")
+    group.add_argument("--resolution", type=resolution, default=None,
+                       help="image side the model sees (images are resized on the device), or "
+                            "'search' to search it (default: the study's)")
     return parser
 
 
+def objective_list(text: str) -> list[str]:
+    from search.study import OBJECTIVES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in OBJECTIVES for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"must be distinct names among {', '.join(OBJECTIVES)}, got {text!r}")
+    return names
+
+
+def gpu_list(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be GPU indices such as 0,1, got {text!r}")
+    return parts
+
+
+def resolution(text: str) -> int | str:
+    if text == "search":
+        return text
+    value = positive_int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be 'search' or at least 8 pixels, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         kwargs = vars(build_parser().parse_args(argv))
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code or 0)
     try:
-        return run(**kwargs)
+        return run(argv=argv, **kwargs)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -56,45 +126,94 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run(*, timeout: float | None = None, **options: Any) -> int:
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a preempted job, a launcher stopping its workers) acts as Ctrl-C does: the
+    running trial is interrupted, checkpointed and queued for retry, its runs are ended."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int | None = None,
+        gpus: list[str] | None = None, trials_per_gpu: int = 1, worker: int | None = None,
+        **options: Any) -> int:
     """Run or resume a search; `options` are open_search's. Returns the exit status."""
     from rich.console import Console
 
     from search.display import ProgressDisplay, leaderboard, state_summary
-    from search.session import open_search
+    from search.launch import launch, plan_workers
+    from search.session import open_search, visible_gpus
     from search.stores import ui_command
     from search.urls import mask_url
 
-    search = open_search(**options)
+    _interrupt_on_sigterm()
+    if worker is not None:
+        return _work(timeout=timeout, worker=worker, **options)
+    if gpus is None and workers is None and options.get("device") != "cpu":
+        gpus = visible_gpus() or None
+    plans = plan_workers(workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu)
+    many = len(plans) > 1
+    if gpus and not many:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+    search = open_search(**options, load_device="cpu" if many else None)
     # Logs and CI have no terminal: keep table rows whole rather than 80 columns wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
     name = search.study.study_name
     console.print(f"study {name!r}: {search.finished} of {search.budget} trials finished; "
                   f"storage {mask_url(search.stores.storage)}, tracking "
-                  f"{mask_url(search.stores.tracking_uri)}", markup=False, highlight=False)
-    status = "FINISHED"
+                  f"{mask_url(search.stores.tracking_uri)}"
+                  + (f"; {len(plans)} workers" if many else ""), markup=False, highlight=False)
+    status, stopped = "FINISHED", None
     started = time.monotonic()
     try:
         with ProgressDisplay(console, budget=search.budget, finished=search.finished,
-                             metric=search.spec.metric) as display:
-            search.optimize(timeout=timeout, callbacks=[display])
+                             metric=",".join(search.metrics)) as display:
+            if many:
+                log_dir = Path("mlruns") / "logs" / name
+                stopped = launch(search, argv, plans, display, log_dir=log_dir)
+            else:
+                search.optimize(timeout=timeout, callbacks=[display])
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        if stopped is not None:
+            status = "KILLED"
         for error in search.close(status=status):
             console.print(f"warning: {error}", markup=False, highlight=False)
     finished = search.finished
-    console.print(leaderboard(search.study, metric=search.spec.metric))
+    console.print(leaderboard(search.study, metric=",".join(search.metrics)))
     console.print(f"{state_summary(search.study)}; {finished} of {search.budget} finished in "
                   f"{time.monotonic() - started:.0f}s", markup=False, highlight=False)
     console.print(f"review: {ui_command(search.stores.tracking_uri)}", markup=False,
                   highlight=False)
+    if stopped is not None:
+        print(f"{PROG}: stopped by {signal.Signals(stopped).name}; run the same command again "
+              "to finish the study", file=sys.stderr)
+        return 128 + stopped
     if finished < search.budget:
         console.print(f"the study stopped short of its budget ({finished} of {search.budget}); "
                       "run the same command again to go on", markup=False, highlight=False)
         return 1
     return 0
+
+
+def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
+    """One worker of a launcher: trials until the budget; the launcher shows the progress."""
+    from search.session import open_search
+
+    search = open_search(**options, owner=False, worker=worker)
+    status = "FINISHED"
+    try:
+        search.optimize(timeout=timeout)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for error in search.close(status=status):
+            print(f"warning: {error}", file=sys.stderr)
+    return 0 if search.finished >= search.budget else 1
 
 
 if __name__ == "__main__":

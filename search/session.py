@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -16,6 +19,8 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
+from objectives.errors import InputError
+from search import recovery
 from search import stores as stores_module
 from search.errors import UsageError
 from search.storage import open_storage
@@ -34,6 +39,8 @@ from search.urls import mask_text, mask_url
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 _TASKS: dict[tuple[Any, ...], Task] = {}
+
+RESOLUTION_SEARCH = "search"  # --resolution search: the study's resolutions are searched
 
 
 def quiet_libraries() -> None:
@@ -54,6 +61,35 @@ def pick_device(name: str) -> str:
     return name
 
 
+def visible_gpus() -> list[str]:
+    """Indices of the GPUs this process may use (none on a CPU-only machine)."""
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+
+
+def device_tags(device: str) -> dict[str, str]:
+    """The device a trial trains on, and the GPU's name on CUDA, as MLflow tags."""
+    tags = {"device": device}
+    if device == "cuda":
+        import torch
+
+        tags["gpu"] = torch.cuda.get_device_name()
+    return tags
+
+
+def load_task(spec: spaces.Study, options: spaces.TaskOptions, device: str) -> Task:
+    """The study's task with its data on `device`, loaded once per process."""
+    key = (spec.name, options, device)
+    if key not in _TASKS:
+        try:
+            _TASKS[key] = spec.task(options).to(device)
+        except InputError as e:
+            raise UsageError(str(e)) from None
+    return _TASKS[key]
+
+
 @dataclass
 class Search:
     spec: spaces.Study
@@ -62,21 +98,30 @@ class Search:
     tracker: Tracker
     parent_run_id: str
     budget: int
-    epochs: int
-    seed: int
+    settings: spaces.Settings
+    options: spaces.TaskOptions
     device: str
+    compile: bool = False
     run_tags: dict[str, str] = field(default_factory=dict)
+    owner: bool = True  # ends the study's parent run on close (a launcher's workers do not)
+    metrics: tuple[str, ...] = ()  # the values a trial returns (more than one: multi-objective)
+    checkpoint_seconds: float = 30.0
+
+    @property
+    def epochs(self) -> int:
+        return self.settings.epochs
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
 
     @property
     def finished(self) -> int:
         return finished_count(self.study)
 
     def task(self) -> Task:
-        """The study's task, loaded once per process."""
-        key = (self.spec.name, self.stores.cache_dir, self.seed)
-        if key not in _TASKS:
-            _TASKS[key] = self.spec.task(cache_dir=self.stores.cache_dir, seed=self.seed)
-        return _TASKS[key]
+        """The study's task, on the device, loaded once per process."""
+        return load_task(self.spec, self.options, self.device)
 
     def optimize(self, *, timeout: float | None = None, n_trials: int | None = None,
                  callbacks: Sequence[Callback] = ()) -> None:
@@ -86,9 +131,12 @@ class Search:
         """
         if self.finished >= self.budget:
             return
+        tags = device_tags(self.device)
         runner = TrialRunner(study=self.spec, task=self.task(), tracker=self.tracker,
-                             parent_run_id=self.parent_run_id, epochs=self.epochs,
-                             seed=self.seed, device=self.device)
+                             parent_run_id=self.parent_run_id, settings=self.settings,
+                             device=self.device, compile=self.compile, tags=tags,
+                             checkpoint_dir=self.stores.checkpoint_dir, metrics=self.metrics,
+                             checkpoint_seconds=self.checkpoint_seconds)
         failures = _FailureGuard(limit=max(self.budget, 10))
         self.study.optimize(
             runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
@@ -97,10 +145,16 @@ class Search:
             gc_after_trial=False,
         )
 
+    def fail_lost_trials(self) -> list[int]:
+        """Fail (and queue retries of) RUNNING trials whose worker on this host is gone."""
+        return recovery.fail_lost_trials(self.study, lost=recovery.local_worker_dead,
+                                         on_lost=self.tracker.end_lost_run)
+
     def close(self, *, status: str = "FINISHED") -> list[str]:
         """End the parent run with a summary, write everything queued; returns tracking errors."""
-        self.tracker.end_study_run(self.parent_run_id, status=status,
-                                   metrics=_summary(self.study), tags=self.run_tags)
+        if self.owner:
+            self.tracker.end_study_run(self.parent_run_id, status=status,
+                                       metrics=_summary(self.study), tags=self.run_tags)
         self.tracker.close()
         return list(self.tracker.errors)
 
@@ -109,28 +163,81 @@ def open_search(
     *, study: str, name: str | None = None, storage: str | None = None,
     tracking_uri: str | None = None, trials: int | None = None, epochs: int | None = None,
     sampler: str = "tpe", pruner: str = "hyperband", seed: int | None = None,
-    device: str = "auto",
+    device: str = "auto", data_dir: str | Path | None = None, backbone: str | None = None,
+    weights: str | Path | None = None, pretrained: bool = True,
+    resolution: int | str | None = None, compile: bool = False, heartbeat: int = 30,
+    load_device: str | None = None, owner: bool = True, worker: int | None = None,
+    checkpoint_every: float = 30.0, objectives: Sequence[str] | None = None,
 ) -> Search:
-    """Open (or create) the study, its storage and its MLflow parent run; no trial runs yet."""
+    """Open (or create) the study, its storage and its MLflow parent run; no trial runs yet.
+
+    The data and pretrained weights are loaded first, so that missing or corrupt files are
+    reported before anything is created (on `load_device` when given: a launcher checks the
+    data on the CPU and leaves the GPUs to its workers). `heartbeat` is Optuna's heartbeat
+    interval on RDB storages; `owner=False` (a launcher's worker) leaves the parent run open.
+    `worker` (a launcher's worker index) gives each worker its own sampler seed.
+    `objectives` (names of OBJECTIVES) makes a multi-objective study; default: the study's
+    metric alone.
+    """
     try:
         spec = spaces.get_study(study)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    _check_applies(spec, data_dir=data_dir, backbone=backbone, weights=weights,
+                   pretrained=pretrained, resolution=resolution)
     quiet_libraries()
     device = pick_device(device)
     name = name or spec.name
     seed = spec.seed if seed is None else seed
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
-    storage_obj = open_storage(stores.storage)
-    epochs, existing = _study_epochs(storage_obj, name, requested=epochs, default=spec.epochs)
-    # A resumed search must not replay the first run's random draws: offset the sampler's
-    # seed by the trials already there (deterministic, and different on every resume).
-    optuna_study = open_study(
-        name=name, storage=storage_obj, direction=spec.direction,
-        sampler=make_sampler(sampler, seed + existing), pruner=make_pruner(pruner, epochs=epochs),
+    lost_handler: list[Any] = []  # the tracker's, once it exists (see recovery)
+    storage_obj = open_storage(
+        stores.storage, heartbeat=heartbeat,
+        on_stale=recovery.stale_trial_callback(lambda: lost_handler[0] if lost_handler else None),
     )
-    optuna_study.set_user_attr("epochs", epochs)
+    requested: dict[str, Any] = {"epochs": epochs,
+                                 "objectives": ",".join(objectives) if objectives else None}
+    defaults: dict[str, Any] = {"epochs": spec.epochs, "objectives": None}
+    if spec.backbone is not None:
+        requested.update(backbone=backbone, resolution=resolution,
+                         init=_init(weights, pretrained) if weights or not pretrained else None)
+        defaults.update(backbone=spec.backbone, init="imagenet",
+                        resolution=RESOLUTION_SEARCH if spec.resolution is None
+                        else spec.resolution)
+    fixed, existing = _study_settings(storage_obj, name, requested=requested, defaults=defaults)
+    metrics, directions = _objectives(
+        spec, fixed["objectives"].split(",") if fixed["objectives"] else None, sampler)
+    if fixed.get("init") == "file" and weights is None:
+        raise UsageError(f"study {name!r} was created with a weights file: give --weights PATH "
+                         "again to resume it")
+    resolution = fixed.get("resolution", 0)
+    settings = spaces.Settings(
+        epochs=int(fixed["epochs"]), seed=seed,
+        resolution=None if resolution == RESOLUTION_SEARCH else int(resolution),
+    )
+    options = spaces.TaskOptions(
+        seed=seed, cache_dir=stores.cache_dir,
+        data_dir=Path(data_dir).expanduser() if data_dir is not None else spec.data_dir,
+        backbone=fixed.get("backbone"), weights=Path(weights).expanduser() if weights else None,
+        pretrained=fixed.get("init") != "random",
+    )
+    load_task(spec, options, load_device or device)  # bad input: exit 2, nothing created
+    # A resumed search must not replay the first run's random draws: offset the sampler's
+    # seed by the trials already there (deterministic, and different on every resume); and
+    # workers started together must not draw the same configs: offset by who they are.
+    if worker is not None:
+        existing += zlib.crc32(f"{socket.gethostname()}:{worker}".encode()) % 1_000_003
+    optuna_study = open_study(
+        name=name, storage=storage_obj, directions=directions,
+        sampler=make_sampler(sampler, seed + existing),
+        # Optuna prunes single-objective studies only: a multi-objective one trains every
+        # trial to its last epoch.
+        pruner=make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
+    )
+    for key, value in fixed.items():
+        optuna_study.set_user_attr(key, value)
     optuna_study.set_user_attr("space", spec.name)
+    optuna_study.set_user_attr("seed", seed)  # search.refit rebuilds trials' configs with it
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
     optuna_study.set_user_attr("budget", budget)
     try:
@@ -144,16 +251,80 @@ def open_search(
     run_tags = {"search.sampler": sampler, "search.pruner": pruner, "search.budget": str(budget),
                 "search.storage": mask_url(stores.storage), "search.device": device,
                 "optuna.study_name": name, "search.role": "study"}
+    run_tags.update({f"search.{k}": v for k, v in device_tags(device).items()})
+    params: dict[str, Any] = {"study": spec.name, "epochs": settings.epochs, "seed": seed,
+                              "metric": ",".join(metrics),
+                              "direction": ",".join(directions)}
+    if spec.backbone is not None:
+        params.update(backbone=fixed["backbone"], resolution=fixed["resolution"],
+                      init=fixed["init"])
     parent = tracker.study_run(
-        run_id=optuna_study.user_attrs.get("mlflow_parent_run_id"), name=name,
-        params={"study": spec.name, "epochs": epochs, "seed": seed, "metric": spec.metric,
-                "direction": spec.direction},
+        run_id=optuna_study.user_attrs.get("mlflow_parent_run_id"), name=name, params=params,
         tags=run_tags,
     )
     optuna_study.set_user_attr("mlflow_parent_run_id", parent)
-    return Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
-                  parent_run_id=parent, budget=budget, epochs=epochs, seed=seed, device=device,
-                  run_tags=run_tags)
+    lost_handler.append(tracker.end_lost_run)
+    search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
+                    metrics=metrics,
+                    parent_run_id=parent, budget=budget, settings=settings, options=options,
+                    device=device, compile=compile, run_tags=run_tags, owner=owner,
+                    checkpoint_seconds=checkpoint_every)
+    search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
+    return search
+
+
+def _objectives(spec: spaces.Study, names: Sequence[str] | None,
+                sampler: str) -> tuple[tuple[str, ...], list[str]]:
+    """The metrics a trial returns and their directions."""
+    from search.study import OBJECTIVES
+
+    if not names:
+        return (spec.metric,), [spec.direction]
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or len(set(names)) != len(names):
+        raise UsageError(f"--objectives takes distinct names among {', '.join(OBJECTIVES)}, "
+                         f"got {','.join(names)}")
+    if len(names) > 1 and sampler == "cmaes":
+        raise UsageError("the cmaes sampler optimizes one objective: use tpe, random or gp "
+                         "with several --objectives")
+    return tuple(OBJECTIVES[n][0] for n in names), [OBJECTIVES[n][1] for n in names]
+
+
+def _init(weights: str | Path | None, pretrained: bool) -> str:
+    """Where a backbone's initial weights come from, as a study setting."""
+    if weights is not None:
+        return "file"
+    return "imagenet" if pretrained else "random"
+
+
+def _check_applies(spec: spaces.Study, *, data_dir: Any, backbone: Any, weights: Any,
+                   pretrained: bool, resolution: Any) -> None:
+    """Refuse options that mean nothing for this study, or contradict each other."""
+    if spec.backbone is None:
+        given = [flag for flag, value in (("--backbone", backbone), ("--weights", weights),
+                                          ("--no-pretrained", not pretrained),
+                                          ("--resolution", resolution),
+                                          ("--data-dir", data_dir)) if value]
+        if given:
+            image_studies = ", ".join(n for n, s in spaces.STUDIES.items() if s.backbone)
+            raise UsageError(f"{given[0]} does not apply to study {spec.name!r}, which brings "
+                             f"its own data and model; it applies to {image_studies}")
+        return
+    if weights is not None and not pretrained:
+        raise UsageError("--weights PATH and --no-pretrained contradict each other: give one")
+    if backbone is not None:
+        from objectives.backbones import BACKBONES
+
+        if backbone not in BACKBONES:
+            raise UsageError(f"unknown backbone {backbone!r}; known backbones: "
+                             f"{', '.join(BACKBONES)}")
+    if resolution not in (None, RESOLUTION_SEARCH) and not (
+        isinstance(resolution, int) and resolution >= 8
+    ):
+        raise UsageError(f"--resolution must be 'search' or a side of at least 8 pixels, got "
+                         f"{resolution!r}")
+    if data_dir is None and spec.data_dir is None:
+        raise UsageError(f"study {spec.name!r} needs --data-dir PATH: the folder of your data")
 
 
 class _FailureGuard:
@@ -170,31 +341,42 @@ class _FailureGuard:
                 study.stop()
 
 
-def _study_epochs(storage: Any, name: str, *, requested: int | None,
-                  default: int) -> tuple[int, int]:
-    """The study's epochs per trial and its number of trials so far.
+def _study_settings(storage: Any, name: str, *, requested: dict[str, Any],
+                    defaults: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The study's fixed settings (epochs, backbone, ...) and its number of trials so far.
 
-    A study keeps the epochs it was created with: its trials must stay comparable.
+    A study keeps the settings it was created with, so that its trials stay comparable: an
+    option left out on resume takes the stored value, and a different one is refused.
     """
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # a new study
-        return requested or default, 0
+        return {k: requested[k] if requested[k] is not None else defaults[k]
+                for k in defaults}, 0
     count = len(existing.get_trials(deepcopy=False))
-    created = existing.user_attrs.get("epochs")
-    if created is None:
-        return requested or default, count
-    if requested is not None and requested != created:
-        raise UsageError(
-            f"study {name!r} was created with {created} epochs per trial, not {requested}: drop "
-            "--epochs to resume it, or give --name NEW to start another study"
-        )
-    return int(created), count
+    fixed = {}
+    for key, default in defaults.items():
+        stored, wanted = existing.user_attrs.get(key), requested[key]
+        if stored is not None and wanted is not None and wanted != stored:
+            what = _SETTING.get(key, key + " {}")
+            raise UsageError(
+                f"study {name!r} was created with {what.format(stored)}, not "
+                f"{what.format(wanted)}: leave the option out to resume it, or give --name NEW "
+                "to start another study"
+            )
+        fixed[key] = next((v for v in (stored, wanted, default) if v is not None), None)
+    return fixed, count
+
+
+_SETTING = {"epochs": "{} epochs per trial", "init": "{} initial weights"}
 
 
 def _summary(study: optuna.Study) -> dict[str, float]:
     counts = state_counts(study)
     summary: dict[str, float] = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
+    if len(study.directions) > 1:
+        summary["pareto_front_size"] = float(len(study.best_trials))
+        return summary
     try:
         summary["best_value"] = float(study.best_value)
     except ValueError:

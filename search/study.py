@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.pruners import BasePruner
@@ -17,7 +17,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def _tpe(seed: int) -> BaseSampler:
     # multivariate + group: the conditional parameters (huber_delta only under huber) are modelled
     # jointly with the choice that enables them (Falkner et al. 2018, as in Optuna's docs).
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    # constant_liar: a worker counts the trials others are running as bad results, so that
+    # parallel workers do not all sample next to the same good point.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      constant_liar=True)
 
 
 SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
@@ -59,14 +62,24 @@ def make_pruner(name: str, *, epochs: int) -> BasePruner:
     return _pruner(name, epochs)
 
 
+# Objectives a study can optimize, with the validation metric and its direction.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("val_accuracy", "maximize"),
+    "ece": ("val_ece", "minimize"),
+    "cross_entropy": ("val_cross_entropy", "minimize"),
+    "f1": ("val_macro_f1", "maximize"),
+}
+
+
 def open_study(
-    *, name: str, storage: BaseStorage, direction: str, sampler: BaseSampler, pruner: BasePruner
+    *, name: str, storage: BaseStorage, directions: Sequence[str], sampler: BaseSampler,
+    pruner: BasePruner,
 ) -> optuna.Study:
     """The study called `name` in `storage`, created the first time (resumed after that)."""
     return optuna.create_study(
         study_name=name, storage=storage,
-        direction=optuna.study.StudyDirection[direction.upper()], sampler=sampler, pruner=pruner,
-        load_if_exists=True,
+        directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
+        sampler=sampler, pruner=pruner, load_if_exists=True,
     )
 
 

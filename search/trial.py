@@ -6,14 +6,19 @@ PRUNED with the epoch, FAIL with a reason. Whatever happens, the MLflow run is e
 
 from __future__ import annotations
 
+import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 
+from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
+from search import recovery
 from search.artifacts import log_evaluation, log_model
 
 if TYPE_CHECKING:
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
     from objectives.data import Task
     from objectives.train import EpochCallback
     from search.tracking import Tracker, TrialRun
-    from spaces import Study
+    from spaces import Settings, Study
 
 # Config fields that only mean something when a choice enables them; logged when sampled.
 CONDITIONAL = frozenset(
@@ -47,19 +52,45 @@ class TrialRunner:
     task: Task
     tracker: Tracker
     parent_run_id: str
-    epochs: int
-    seed: int
+    settings: Settings
     device: str = "cpu"
+    compile: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # on every trial's run
+    checkpoint_dir: Path | None = None  # per-epoch checkpoints, so a lost trial's retry resumes
+    checkpoint_seconds: float = 30.0  # at most one checkpoint this often
+    metrics: tuple[str, ...] = ()  # the values returned; default the study's metric; several:
+    # a multi-objective study, which Optuna does not prune (no report, no should_prune)
 
-    def _start_run(self, trial: optuna.Trial, params: dict[str, object]) -> TrialRun:
+    def _start_run(self, trial: optuna.Trial, params: dict[str, object],
+                   tags: dict[str, str] | None = None) -> TrialRun:
         return self.tracker.trial_run(
             parent_run_id=self.parent_run_id, trial_number=trial.number, params=params,
-            tags={"optuna.study_name": trial.study.study_name, "device": self.device},
+            tags={"optuna.study_name": trial.study.study_name, "device": self.device,
+                  **self.tags, **(tags or {})},
         )
 
+    @property
+    def objective_metrics(self) -> tuple[str, ...]:
+        return self.metrics or (self.study.metric,)
+
+    def _claim(self, trial: optuna.Trial) -> tuple[FrozenTrial, dict[str, str]]:
+        """Record which worker runs the trial; for a retry, tags that link the lost trial."""
+        trial.set_user_attr(recovery.WORKER, recovery.worker_id())
+        state = recovery.frozen(trial)
+        first = recovery.retry_of(state)
+        if first is None:
+            return state, {}
+        tags = {"search.retry_of_trial": str(first)}
+        lost_run = state.user_attrs.get("mlflow_run_id")  # copied from the lost trial
+        if lost_run:
+            tags["search.retry_of_run"] = str(lost_run)
+        trial.set_user_attr("fail_reason", None)  # the lost trial's, copied by the retry
+        return state, tags
+
     def __call__(self, trial: optuna.Trial) -> float:
+        state, retry_tags = self._claim(trial)
         try:
-            config = self.study.space(trial, epochs=self.epochs, seed=self.seed)
+            config = self.study.space(trial, self.settings)
         except Exception as e:  # a bug in a space, or values it rejects: recorded like any
             reason = f"in the search space: {failure_reason(e)}"
             trial.set_user_attr("fail_reason", reason)
@@ -69,9 +100,12 @@ class TrialRunner:
             raise
         params = {k: v for k, v in config.to_dict().items() if k not in CONDITIONAL}
         params.update(trial.params)
-        run = self._start_run(trial, params)
+        run = self._start_run(trial, params, retry_tags)
         run.add_json("config.json", config.to_dict())
-        metric = self.study.metric
+        checkpoint = (recovery.checkpoint_path(self.checkpoint_dir, trial.study.study_name,
+                                               state) if self.checkpoint_dir else None)
+        metric = self.objective_metrics[0]
+        single = len(self.objective_metrics) == 1
         last_epoch = 0
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -80,14 +114,25 @@ class TrialRunner:
             if run.created:  # link as soon as the writer has the run; never wait mid-trial
                 self._link(trial, run)
             run.log_epoch(epoch, metrics)
-            trial.report(metrics[metric], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            if single:
+                trial.report(metrics[metric], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        keep = False
         try:
-            return self._train(trial, config, run, on_epoch, lambda: last_epoch)
+            return self._train(trial, config, run, on_epoch, lambda: last_epoch, checkpoint)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (a preempted job): the trial fails as "interrupted", and its
+            # retry, queued now, resumes from the checkpoint when the search runs again.
+            keep = True
+            recovery.retry(trial.study, recovery.frozen(trial))
+            raise
         finally:
             self._link(trial, run)
+            if checkpoint is not None and not keep:
+                # Finished one way or another: what is worth keeping is an MLflow artifact.
+                checkpoint.unlink(missing_ok=True)
 
     @staticmethod
     def _link(trial: optuna.Trial, run: TrialRun) -> None:
@@ -97,44 +142,68 @@ class TrialRunner:
             run.linked = True
 
     def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
-               on_epoch: EpochCallback, last_epoch: Callable[[], int]) -> float:
-        metric = self.study.metric
+               on_epoch: EpochCallback, last_epoch: Callable[[], int],
+               checkpoint: Path | None) -> float:
+        reason: str | None = None
         try:
-            result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch)
+            result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch,
+                               compile=self.compile, checkpoint=checkpoint,
+                               checkpoint_seconds=self.checkpoint_seconds)
         except optuna.TrialPruned:
             trial.set_user_attr("pruned_epoch", last_epoch())
             run.finish("PRUNED", tags={"optuna.pruned_epoch": str(last_epoch())})
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            run.finish("FAIL", tags={"optuna.fail_reason": "interrupted"}, killed=True)
+            trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
+            run.finish("FAIL", tags={"optuna.fail_reason": recovery.INTERRUPTED}, killed=True)
             raise
+        except torch.OutOfMemoryError as e:
+            reason = failure_reason(e)
         except Exception as e:
             reason = failure_reason(e)
             trial.set_user_attr("fail_reason", reason)
             run.finish("FAIL", tags={"optuna.fail_reason": reason})
-            if isinstance(e, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()
             raise
-        value = result.final[metric]
-        if not math.isfinite(value):
-            reason = f"{metric} is {value}"
+        if reason is not None:
+            # Out of memory. The error's traceback holds the trial's model, optimizer and
+            # batches: out of the `except` block they are garbage, and the cache can be
+            # emptied for the next trial. The trial fails with its reason; the search goes on.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            trial.set_user_attr("fail_reason", reason)
+            run.finish("FAIL", tags={"optuna.fail_reason": reason})
+            raise RuntimeError(reason)
+        values = [result.final[m] for m in self.objective_metrics]
+        bad = [(m, v) for m, v in zip(self.objective_metrics, values, strict=True)
+               if not math.isfinite(v)]
+        if bad:
+            reason = f"{bad[0][0]} is {bad[0][1]}"
             trial.set_user_attr("fail_reason", reason)
             run.finish("FAIL", tags={"optuna.fail_reason": reason})
             raise ValueError(reason)
         if result.val_logits is not None and result.val_targets is not None:
             log_evaluation(run, result.val_logits, result.val_targets,
                            self.task.data.class_names)
-        best = self._is_best(trial, value)
+        best = self._is_best(trial, values[0])
         if best:
             log_model(run, result.model)
-        run.finish("COMPLETE", tags={"best_so_far": str(best).lower()},
-                   metrics={f"final_{metric}": value})
-        return value
+        tags = {"best_so_far": str(best).lower()}
+        if result.resumed_from:
+            tags["search.resumed_from_epoch"] = str(result.resumed_from)
+        final = {f"final_{m}": v for m, v in zip(self.objective_metrics, values, strict=True)}
+        if result.val_logits is not None and result.val_targets is not None:
+            names = self.task.data.class_names
+            recalls = per_class_recall(result.val_logits, result.val_targets, len(names))
+            final.update({f"val_recall/{n}": r for n, r in zip(names, recalls, strict=True)})
+        run.finish("COMPLETE", tags=tags, metrics=final)
+        return values[0] if len(values) == 1 else tuple(values)  # type: ignore[return-value]
 
     def _is_best(self, trial: optuna.Trial, value: float) -> bool:
-        try:
-            best = trial.study.best_value
-        except ValueError:  # no completed trial yet
+        """Whether `value` (the first objective) beats every completed trial's."""
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not done:
             return True
-        return value > best if self.study.direction == "maximize" else value < best
+        maximize = trial.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        best = (max if maximize else min)(t.values[0] for t in done)
+        return value > best if maximize else value < best

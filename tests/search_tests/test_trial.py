@@ -16,7 +16,7 @@ from objectives.data import ImageData, Split, Task
 from objectives.models import StagedNet, new_head, small_cnn
 from search.tracking import Tracker
 from search.trial import TrialRunner
-from spaces.base import Study
+from spaces.base import Settings, Study
 
 
 def tiny_task() -> Task:
@@ -36,25 +36,26 @@ def tiny_task() -> Task:
     return Task("tiny", data, make_model)
 
 
-def fixed_space(trial: optuna.Trial, *, epochs: int, seed: int) -> TrialConfig:
+def fixed_space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
     lr = trial.suggest_float("lr", 1e-3, 1e-2, log=True)
-    return TrialConfig(optimizer="adam", lr=lr, epochs=epochs, seed=seed, batch_size=32)
+    return TrialConfig(optimizer="adam", lr=lr, epochs=settings.epochs, seed=settings.seed,
+                       batch_size=32)
 
 
-def broken_space(trial: optuna.Trial, *, epochs: int, seed: int) -> TrialConfig:
+def broken_space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
     trial.suggest_int("freeze_depth", 0, 3)
     raise KeyError("a bug in the user's space")
 
 
 def make_runner(tmp_path: Path, space=fixed_space, task: Task | None = None):  # noqa: ANN001
-    spec = Study(name="tiny", space=space, load_task=lambda **_: task or tiny_task(), epochs=3,
+    spec = Study(name="tiny", space=space, load_task=lambda _: task or tiny_task(), epochs=3,
                  trials=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(tracking_uri=uri, experiment="tiny",
                       artifact_location=(tmp_path / "artifacts").as_uri())
     parent = tracker.study_run(run_id=None, name="tiny", params={}, tags={"search.role": "study"})
     runner = TrialRunner(study=spec, task=task or tiny_task(), tracker=tracker,
-                         parent_run_id=parent, epochs=3, seed=0)
+                         parent_run_id=parent, settings=Settings(epochs=3, seed=0))
     return runner, tracker, MlflowClient(uri)
 
 
@@ -142,6 +143,32 @@ def test_an_exception_in_training_fails_the_trial_and_ends_its_run(tmp_path: Pat
     run = the_run(client, trial)
     assert run.info.status == "FAILED"
     assert run.data.tags["optuna.state"] == "FAIL"
+
+
+def test_out_of_memory_fails_the_trial_frees_it_and_the_search_goes_on(
+    tmp_path: Path,
+) -> None:
+    task = tiny_task()
+    built: list[StagedNet] = []
+
+    def hungry_model(seed: int) -> StagedNet:
+        model = task.make_model(seed)
+        built.append(model)
+        if len(built) == 1:  # the first trial runs out of memory as its model is built
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return model
+
+    runner, tracker, client = make_runner(tmp_path, task=Task("hungry", task.data,
+                                                               hungry_model))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(runner, n_trials=2, catch=(Exception,))
+    tracker.close()
+    first, second = study.trials
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"] == (
+        "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert the_run(client, first).data.tags["optuna.fail_reason"].startswith("out of memory")
+    assert second.state == TrialState.COMPLETE  # the next trial ran as usual
 
 
 def test_writer_failures_are_reported_not_raised(tmp_path: Path) -> None:
