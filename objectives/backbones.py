@@ -65,7 +65,7 @@ def _default_weights(name: str) -> WeightsEnum:
     return get_model_weights(name).DEFAULT
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     text = str(error).strip()
     first = text.splitlines()[0] if text else ""
     if first.startswith("Weights only load failed"):
@@ -152,20 +152,24 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _read_file(path: Path) -> object:
+def _read_file(path: Path, *, what: str = "weights file",
+               missing: str = "pass an existing file to --weights, or --no-pretrained to start "
+                              "from random weights") -> object:
     if not path.exists():
-        raise InputError(
-            f"weights file {path}: no such file; pass an existing file to --weights, "
-            "or --no-pretrained to start from random weights"
-        )
+        raise InputError(f"{what} {path}: no such file; {missing}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on bad bytes; all mean "unreadable"
         raise InputError(
-            f"weights file {path} cannot be read ({_one_line(e)}): it is corrupt, truncated or "
+            f"{what} {path} cannot be read ({one_line(e)}): it is corrupt, truncated or "
             "not a torch.save file; delete it or re-save it with "
             "torch.save(model.state_dict(), PATH)"
         ) from e
+
+
+def read_state_dict(path: Path, *, what: str, missing: str) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file, or an InputError naming `what` and the fix."""
+    return _unwrap(_read_file(path, what=what, missing=missing), f"{what} {path}")
 
 
 def _cached_path(name: str) -> Path:
@@ -181,13 +185,13 @@ def _fetch(name: str) -> object:
     except Exception as e:
         if cached.is_file():  # there before the call, or downloaded but unreadable
             raise InputError(
-                f"cached weights {cached} cannot be read ({_one_line(e)}): delete the file so it "
+                f"cached weights {cached} cannot be read ({one_line(e)}): delete the file so it "
                 "is downloaded again, or pass --weights PATH to use a local file"
             ) from e
         if not isinstance(e, (OSError, RuntimeError, http.client.HTTPException)):
             raise  # URLError and socket errors are OSErrors; anything else is a bug
         raise InputError(
-            f"cannot download the pretrained weights of {name} ({_one_line(e)}): "
+            f"cannot download the pretrained weights of {name} ({one_line(e)}): "
             f"put {cached.name} (from {weights.url}) at {cached}, or pass --weights PATH to use "
             "a local file, or --no-pretrained to start from random weights"
         ) from e

@@ -61,3 +61,18 @@ def store_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db, artifacts "
                             "under mlruns/artifacts)")
     return parser
+
+
+def teacher_parser() -> argparse.ArgumentParser:
+    """The teacher of a distilling study: common to search.run and search.refit."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("distillation (adds the distill loss to the space)")
+    group.add_argument("--teacher", default=None, metavar="URI|PATH",
+                       help="the teacher: an MLflow model URI (runs:/RUN_ID/model, "
+                            "models:/NAME/VERSION, as search.refit logs) or a state dict file; "
+                            "the study is named <study>-distill unless --name says otherwise")
+    group.add_argument("--teacher-arch", default=None, metavar="NAME",
+                       help="the model a --teacher state dict belongs to: 'study' (the study's "
+                            "own model, e.g. a trial's model/state_dict.pt) or a torchvision "
+                            "backbone such as resnet50")
+    return parser

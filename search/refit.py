@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from search.cli import Parser, store_parser
+from search.cli import Parser, store_parser, teacher_parser
 from search.errors import UsageError
 
 PROG = "search.refit"
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog=PROG, parents=[store_parser()],
+    parser = Parser(prog=PROG, parents=[store_parser(), teacher_parser()],
                     description="Retrain a trial's config on train + validation and test it.")
     parser.add_argument("--trial", type=int, default=None,
                         help="trial number (default: the best trial)")
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def refit(*, study: str, name: str | None = None, storage: str | None = None,
           tracking_uri: str | None = None, trial: int | None = None, device: str = "auto",
           data_dir: str | None = None, weights: str | None = None,
-          register: str | None = None) -> dict[str, Any]:
+          register: str | None = None, teacher: str | None = None,
+          teacher_arch: str | None = None) -> dict[str, Any]:
     import optuna
 
     import spaces
@@ -88,6 +89,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     settings = spaces.Settings(
         epochs=int(attrs.get("epochs", spec.epochs)), seed=int(attrs.get("seed", spec.seed)),
         resolution=None if resolution == "search" else int(resolution),
+        distill=bool(attrs.get("teacher")),
     )
     if attrs.get("init") == "file" and weights is None:
         raise UsageError(f"study {name!r} was started with --weights PATH: give it again")
@@ -100,8 +102,19 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     device = pick_device(device)
     config = spec.space(cast(optuna.Trial, optuna.trial.FixedTrial(chosen.params)), settings)
     task = load_task(spec, options, "cpu")
+    teacher_model = None
+    if config.loss == "distill":  # the study's teacher, unless another one is given
+        from search import teacher as teacher_module
+
+        teacher = teacher or attrs.get("teacher")
+        if not teacher or "***" in teacher:
+            raise UsageError(f"trial {chosen.number} distils from a teacher: give --teacher "
+                             "(and --teacher-arch) as given to search.run")
+        teacher_model = teacher_module.load(
+            teacher, arch=teacher_arch or attrs.get("teacher_arch"), task=task,
+            tracking_uri=stores.client_uri, resolution=settings.resolution or 0)
     return _train_and_log(found, chosen, config, task, device=device, stores=stores,
-                          register=register)
+                          register=register, teacher=teacher_model)
 
 
 def _pick(study: Any, number: int | None) -> Any:
@@ -121,7 +134,7 @@ def _pick(study: Any, number: int | None) -> Any:
 
 
 def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: str,
-                   stores: Any, register: str | None) -> dict[str, Any]:
+                   stores: Any, register: str | None, teacher: Any = None) -> dict[str, Any]:
     import mlflow
     import torch
     from mlflow import MlflowClient
@@ -157,7 +170,8 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
                 Metric(k, float(v), 0, epoch) for k, v in metrics.items()
                 if k in ("train_loss", "lr", "epoch_seconds")])
 
-        model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch).model
+        model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch,
+                          teacher=teacher).model
         metrics = evaluate(model, fit_task, resolution=config.resolution)
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
         model_uri = _log_model(mlflow, stores.client_uri, run_id, model, data,
@@ -210,8 +224,10 @@ def _log_model(mlflow: Any, tracking_uri: str, run_id: str, model: Any, data: An
     signature = mlflow.models.infer_signature(example, output)
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
+        # A pickled module, not MLflow's default torch.export graph: the graph cannot change
+        # device or mode, so it could not be trained further nor teach on a GPU (--teacher).
         info = mlflow.pytorch.log_model(served, name="model", signature=signature,
-                                        input_example=example,
+                                        input_example=example, serialization_format="pickle",
                                         registered_model_name=register)
     return str(info.model_uri)
 

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search.cli import Parser, non_negative_float, positive_float, positive_int, store_parser
+from search.cli import (
+    Parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    store_parser,
+    teacher_parser,
+)
 from search.errors import UsageError
 
 PROG = "search.run"
@@ -25,7 +32,7 @@ PROG = "search.run"
 def build_parser() -> Parser:
     from search.study import PRUNERS, SAMPLERS
 
-    parser = Parser(prog=PROG, parents=[store_parser()],
+    parser = Parser(prog=PROG, parents=[store_parser(), teacher_parser()],
                     description="Search losses and fine-tuning hyperparameters for a study.")
     parser.add_argument("--trials", type=positive_int, default=None,
                         help="budget of finished (complete or pruned) trials for the whole study; "

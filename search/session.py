@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import warnings
 import zlib
@@ -49,6 +50,8 @@ def quiet_libraries() -> None:
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # MLflow draws a progress bar on stderr for every model it downloads (a teacher, a refit).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def pick_device(name: str) -> str:
@@ -106,6 +109,7 @@ class Search:
     owner: bool = True  # ends the study's parent run on close (a launcher's workers do not)
     metrics: tuple[str, ...] = ()  # the values a trial returns (more than one: multi-objective)
     checkpoint_seconds: float = 30.0
+    teacher: Any = None  # a distilling study's teacher (uint8 images to logits), on the CPU
 
     @property
     def epochs(self) -> int:
@@ -136,7 +140,7 @@ class Search:
                              parent_run_id=self.parent_run_id, settings=self.settings,
                              device=self.device, compile=self.compile, tags=tags,
                              checkpoint_dir=self.stores.checkpoint_dir, metrics=self.metrics,
-                             checkpoint_seconds=self.checkpoint_seconds)
+                             checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         failures = _FailureGuard(limit=max(self.budget, 10))
         self.study.optimize(
             runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
@@ -168,6 +172,7 @@ def open_search(
     resolution: int | str | None = None, compile: bool = False, heartbeat: int = 30,
     load_device: str | None = None, owner: bool = True, worker: int | None = None,
     checkpoint_every: float = 30.0, objectives: Sequence[str] | None = None,
+    teacher: str | None = None, teacher_arch: str | None = None,
 ) -> Search:
     """Open (or create) the study, its storage and its MLflow parent run; no trial runs yet.
 
@@ -177,7 +182,8 @@ def open_search(
     interval on RDB storages; `owner=False` (a launcher's worker) leaves the parent run open.
     `worker` (a launcher's worker index) gives each worker its own sampler seed.
     `objectives` (names of OBJECTIVES) makes a multi-objective study; default: the study's
-    metric alone.
+    metric alone. `teacher` (an MLflow model URI, or a state dict file with `teacher_arch`)
+    adds the distill loss to the space, so such a study is named apart: `<study>-distill`.
     """
     try:
         spec = spaces.get_study(study)
@@ -187,7 +193,10 @@ def open_search(
                    pretrained=pretrained, resolution=resolution)
     quiet_libraries()
     device = pick_device(device)
-    name = name or spec.name
+    if teacher_arch is not None and teacher is None:
+        raise UsageError("--teacher-arch goes with --teacher PATH: give the teacher too")
+    # A teacher changes the loss choices, which an Optuna study cannot change: its own study.
+    name = name or (f"{spec.name}-distill" if teacher else spec.name)
     seed = spec.seed if seed is None else seed
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     lost_handler: list[Any] = []  # the tracker's, once it exists (see recovery)
@@ -195,9 +204,11 @@ def open_search(
         stores.storage, heartbeat=heartbeat,
         on_stale=recovery.stale_trial_callback(lambda: lost_handler[0] if lost_handler else None),
     )
+    teacher_spec = mask_url(teacher) if teacher else None
     requested: dict[str, Any] = {"epochs": epochs,
-                                 "objectives": ",".join(objectives) if objectives else None}
-    defaults: dict[str, Any] = {"epochs": spec.epochs, "objectives": None}
+                                 "objectives": ",".join(objectives) if objectives else None,
+                                 "teacher": teacher_spec}
+    defaults: dict[str, Any] = {"epochs": spec.epochs, "objectives": None, "teacher": None}
     if spec.backbone is not None:
         requested.update(backbone=backbone, resolution=resolution,
                          init=_init(weights, pretrained) if weights or not pretrained else None)
@@ -210,10 +221,14 @@ def open_search(
     if fixed.get("init") == "file" and weights is None:
         raise UsageError(f"study {name!r} was created with a weights file: give --weights PATH "
                          "again to resume it")
+    if fixed["teacher"] and not teacher:
+        raise UsageError(f"study {name!r} distils from teacher {fixed['teacher']}: give "
+                         "--teacher (and --teacher-arch) again to resume it")
     resolution = fixed.get("resolution", 0)
     settings = spaces.Settings(
         epochs=int(fixed["epochs"]), seed=seed,
         resolution=None if resolution == RESOLUTION_SEARCH else int(resolution),
+        distill=teacher is not None,
     )
     options = spaces.TaskOptions(
         seed=seed, cache_dir=stores.cache_dir,
@@ -221,7 +236,14 @@ def open_search(
         backbone=fixed.get("backbone"), weights=Path(weights).expanduser() if weights else None,
         pretrained=fixed.get("init") != "random",
     )
-    load_task(spec, options, load_device or device)  # bad input: exit 2, nothing created
+    task = load_task(spec, options, load_device or device)  # bad input: exit 2, nothing made
+    teacher_model = None
+    if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
+        from search import teacher as teacher_module
+
+        teacher_model = teacher_module.load(
+            teacher, arch=teacher_arch, task=task, tracking_uri=stores.client_uri,
+            resolution=settings.resolution or 0)
     # A resumed search must not replay the first run's random draws: offset the sampler's
     # seed by the trials already there (deterministic, and different on every resume); and
     # workers started together must not draw the same configs: offset by who they are.
@@ -238,6 +260,8 @@ def open_search(
         optuna_study.set_user_attr(key, value)
     optuna_study.set_user_attr("space", spec.name)
     optuna_study.set_user_attr("seed", seed)  # search.refit rebuilds trials' configs with it
+    if teacher_arch:  # search.refit needs it to load the teacher again
+        optuna_study.set_user_attr("teacher_arch", teacher_arch)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
     optuna_study.set_user_attr("budget", budget)
     try:
@@ -258,6 +282,8 @@ def open_search(
     if spec.backbone is not None:
         params.update(backbone=fixed["backbone"], resolution=fixed["resolution"],
                       init=fixed["init"])
+    if fixed["teacher"]:
+        params["teacher"] = fixed["teacher"]
     parent = tracker.study_run(
         run_id=optuna_study.user_attrs.get("mlflow_parent_run_id"), name=name, params=params,
         tags=run_tags,
@@ -268,7 +294,7 @@ def open_search(
                     metrics=metrics,
                     parent_run_id=parent, budget=budget, settings=settings, options=options,
                     device=device, compile=compile, run_tags=run_tags, owner=owner,
-                    checkpoint_seconds=checkpoint_every)
+                    checkpoint_seconds=checkpoint_every, teacher=teacher_model)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
 
@@ -357,10 +383,13 @@ def _study_settings(storage: Any, name: str, *, requested: dict[str, Any],
     fixed = {}
     for key, default in defaults.items():
         stored, wanted = existing.user_attrs.get(key), requested[key]
-        if stored is not None and wanted is not None and wanted != stored:
+        # Objectives and a teacher fix the study's directions and loss choices: a study made
+        # without them cannot take them on later.
+        strict = key in ("objectives", "teacher") and count > 0
+        if wanted is not None and wanted != stored and (stored is not None or strict):
             what = _SETTING.get(key, key + " {}")
             raise UsageError(
-                f"study {name!r} was created with {what.format(stored)}, not "
+                f"study {name!r} was created with {what.format(stored or 'none')}, not "
                 f"{what.format(wanted)}: leave the option out to resume it, or give --name NEW "
                 "to start another study"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,19 @@ def open_storage(url: str, *, heartbeat: int | None = None,
             "server is reachable)"
         ) from None
 
+
+def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
+    """RDBStorage, tried again when it fails while creating its tables.
+
+    Nodes that start together on an empty database all create Optuna's tables at once; every
+    one but the first fails its commit ("An exception is raised during the commit"), and a
+    second try finds the tables made.
+    """
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is that race
+            if attempt == 2 or "during the commit" not in str(e):
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")

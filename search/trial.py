@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # Config fields that only mean something when a choice enables them; logged when sampled.
 CONDITIONAL = frozenset(
     {"label_smoothing", "focal_gamma", "huber_delta", "kl_smoothing", "penalty_lambda",
-     "momentum", "nesterov"}
+     "momentum", "nesterov", "distill_alpha", "distill_temperature", "distill_base"}
 )
 
 
@@ -60,6 +60,7 @@ class TrialRunner:
     checkpoint_seconds: float = 30.0  # at most one checkpoint this often
     metrics: tuple[str, ...] = ()  # the values returned; default the study's metric; several:
     # a multi-objective study, which Optuna does not prune (no report, no should_prune)
+    teacher: torch.nn.Module | None = None  # for the distill loss: uint8 images to logits
 
     def _start_run(self, trial: optuna.Trial, params: dict[str, object],
                    tags: dict[str, str] | None = None) -> TrialRun:
@@ -148,7 +149,8 @@ class TrialRunner:
         try:
             result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch,
                                compile=self.compile, checkpoint=checkpoint,
-                               checkpoint_seconds=self.checkpoint_seconds)
+                               checkpoint_seconds=self.checkpoint_seconds,
+                               teacher=self.teacher)
         except optuna.TrialPruned:
             trial.set_user_attr("pruned_epoch", last_epoch())
             run.finish("PRUNED", tags={"optuna.pruned_epoch": str(last_epoch())})

@@ -21,6 +21,7 @@ class Settings:
     epochs: int
     seed: int
     resolution: int | None = 0  # image side on the device; 0 = as stored, None = searched
+    distill: bool = False  # the study has a teacher: its space offers the distill loss
 
 
 @dataclass(frozen=True)

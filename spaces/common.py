@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from objectives.losses import LOSS_NAMES
+from objectives.losses import DISTILL, LOSS_NAMES
 from objectives.optim import OPTIMIZERS
 from objectives.penalties import PENALTIES
 
@@ -16,9 +16,25 @@ if TYPE_CHECKING:
     import optuna
 
 
-def suggest_loss(trial: optuna.Trial) -> dict[str, Any]:
-    loss = trial.suggest_categorical("loss", LOSS_NAMES)
+def suggest_loss(trial: optuna.Trial, *, distill: bool = False) -> dict[str, Any]:
+    """The loss and its parameter; `distill` (a study with a teacher) also offers distillation.
+
+    A distilling trial searches its temperature, its weight alpha, and the loss on the labels
+    it mixes in (with that loss's own parameter, under the same names as when it stands alone).
+    """
+    loss = trial.suggest_categorical("loss", (*LOSS_NAMES, DISTILL) if distill else LOSS_NAMES)
     params: dict[str, Any] = {"loss": loss}
+    if loss == DISTILL:
+        params["distill_temperature"] = trial.suggest_float("distill_temperature", 1.0, 10.0,
+                                                            log=True)
+        params["distill_alpha"] = trial.suggest_float("distill_alpha", 0.1, 1.0)
+        base = trial.suggest_categorical("distill_base", LOSS_NAMES)
+        return {**params, "distill_base": base, **_loss_parameter(trial, base)}
+    return {**params, **_loss_parameter(trial, loss)}
+
+
+def _loss_parameter(trial: optuna.Trial, loss: str) -> dict[str, Any]:
+    params: dict[str, Any] = {}
     if loss == "label_smoothing":
         params["label_smoothing"] = trial.suggest_float("label_smoothing", 0.01, 0.3)
     elif loss == "focal":
@@ -53,6 +69,8 @@ def suggest_optimizer(
         params["momentum"] = trial.suggest_float("momentum", 0.5, 0.99)
     if optimizer == "momentum":
         params["nesterov"] = trial.suggest_categorical("nesterov", (False, True))
+    # Layer-wise rates: each backbone stage at lr_decay times the one above (1 = one rate).
+    params["lr_decay"] = trial.suggest_float("lr_decay", 0.3, 1.0)
     return params
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
     return TrialConfig(
-        **suggest_loss(trial),
+        **suggest_loss(trial, distill=settings.distill),
         **suggest_penalty(trial),
         **suggest_optimizer(trial),
         freeze_depth=trial.suggest_int("freeze_depth", 0, 3),  # 3 = linear probe

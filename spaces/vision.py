@@ -29,7 +29,7 @@ def space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
     if resolution is None:
         resolution = trial.suggest_categorical("resolution", RESOLUTIONS)
     return TrialConfig(
-        **suggest_loss(trial),
+        **suggest_loss(trial, distill=settings.distill),
         **suggest_penalty(trial),
         **suggest_optimizer(trial, lr=(1e-5, 0.3)),
         **suggest_schedule(trial),

@@ -33,6 +33,7 @@ def _params(**changes: Any) -> dict[str, Any]:
         "penalty": "none",
         "optimizer": "adam",
         "lr": 0.003,
+        "lr_decay": 0.8,
         "freeze_depth": 1,
         "batch_size": 32,
     }
@@ -60,8 +61,8 @@ def test_plain_trial() -> None:
     assert config.optimizer == "adam" and config.lr == 0.003
     assert config.freeze_depth == 1 and config.batch_size == 32
     assert config.epochs == 7 and config.seed == 11
-    assert set(trial.params) == {"loss", "penalty", "optimizer", "lr", "freeze_depth",
-                                 "batch_size"}
+    assert set(trial.params) == {"loss", "penalty", "optimizer", "lr", "lr_decay",
+                                 "freeze_depth", "batch_size"}
     assert config.loss_params() == {}
 
 
@@ -213,3 +214,25 @@ def test_random_search_over_the_space() -> None:
     assert seen_losses == set(LOSS_NAMES)  # the search reaches every branch
     assert {c.optimizer for c in configs} == set(OPTIMIZERS)
     assert {c.penalty for c in configs} == set(PENALTIES)
+
+
+def test_lr_decay_is_searched_and_reaches_the_config() -> None:
+    config, trial = _suggest(_params(lr_decay=0.6))
+    assert config.lr_decay == 0.6
+    d = trial.distributions["lr_decay"]
+    assert 0 < d.low < d.high == 1.0  # 1 = one learning rate for every stage
+
+
+def test_distill_is_offered_only_with_a_teacher() -> None:
+    _, plain = _suggest(_params())
+    assert "distill" not in plain.distributions["loss"].choices
+
+    params = _params(loss="distill", distill_temperature=3.0, distill_alpha=0.4,
+                     distill_base="label_smoothing", label_smoothing=0.1)
+    trial = optuna.trial.FixedTrial(params)
+    config = space(trial, Settings(epochs=7, seed=11, distill=True))
+    assert trial.distributions["loss"].choices == (*LOSS_NAMES, "distill")
+    assert (config.loss, config.distill_temperature, config.distill_alpha) == ("distill", 3.0, 0.4)
+    assert (config.distill_base, config.label_smoothing) == ("label_smoothing", 0.1)
+    assert trial.distributions["distill_base"].choices == LOSS_NAMES  # never distill itself
+    assert trial.distributions["distill_temperature"].log

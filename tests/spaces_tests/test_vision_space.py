@@ -16,7 +16,7 @@ IMAGE_STUDIES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder")
 def _params(**changes: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
         "loss": "focal", "focal_gamma": 2.5, "penalty": "l2_sp", "penalty_lambda": 1e-4,
-        "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "nesterov": True,
+        "optimizer": "momentum", "lr": 0.05, "lr_decay": 0.8, "momentum": 0.9, "nesterov": True,
         "warmup_epochs": 0.5, "weight_decay": 5e-4, "freeze_depth": 2, "batch_size": 128,
     }
     params.update(changes)
