@@ -11,20 +11,25 @@ their trials and checkpoint them; past a grace period, they are killed and their
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import optuna
 from optuna.trial import TrialState
 
 from search import recovery
 from search.display import ProgressDisplay
 from search.session import Search
+
+T = TypeVar("T")
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 60.0  # after SIGTERM, the time workers get to checkpoint and stop
@@ -97,12 +102,12 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
                 code = worker.process.poll()
                 if code is None or code == 0:
                     continue
-                lost = _fail_trials_of(search, [worker])
+                lost = _unless_storage_down(functools.partial(_fail_trials_of, search, [worker]))
                 killed = code < 0  # by a signal: an OOM killer, a preemption, a SIGKILL
                 if (lost or killed) and respawns > 0 and search.finished < search.budget:
                     respawns -= 1
                     worker.start(argv)  # a replacement takes its place (and the retries)
-            _show_new(search, display, seen)
+            _unless_storage_down(lambda: _show_new(search, display, seen))
         _show_new(search, display, seen)
         return None
     except Stop as stop:
@@ -112,6 +117,22 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _unless_storage_down(read: Callable[[], T]) -> T | None:
+    """`read()`, or None while the storage does not answer (a database restarting, say).
+
+    The launcher only watches; its workers reconnect on their own (pool_pre_ping), so a
+    failed look at the study is skipped and the next poll looks again.
+    """
+    try:
+        return read()
+    except (optuna.exceptions.StorageInternalError, OSError):
+        return None
+    except Exception as e:  # redis' errors are its own classes: match them by module
+        if type(e).__module__.startswith("redis"):
+            return None
+        raise
 
 
 def _fail_trials_of(search: Search, workers: Sequence[Worker]) -> list[int]:

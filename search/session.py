@@ -401,7 +401,10 @@ _SETTING = {"epochs": "{} epochs per trial", "init": "{} initial weights"}
 
 
 def _summary(study: optuna.Study) -> dict[str, float]:
-    counts = state_counts(study)
+    try:
+        counts = state_counts(study)
+    except optuna.exceptions.StorageInternalError:  # the database is away: end the run anyway
+        return {}
     summary: dict[str, float] = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     if len(study.directions) > 1:
         summary["pareto_front_size"] = float(len(study.best_trials))
