@@ -4,6 +4,7 @@ MLflow as a user would."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -58,8 +59,15 @@ def finish(process: subprocess.Popen[str], timeout: float = 600) -> tuple[int, s
     return process.returncode, out + err
 
 
+@functools.cache
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    # One per URL: a new RDB storage per poll would open a connection pool each time, and
+    # the polls alone used up PostgreSQL's connections (max_connections) during a test.
+    return open_storage(url)
+
+
 def load(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(storage))
+    return optuna.load_study(study_name=name, storage=_storage(storage))
 
 
 def wait_for_running(study_storage: str, name: str, *, epochs: int,
