@@ -6,7 +6,11 @@ Arguments become keyword arguments once, here; no `args` object travels into the
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from search.errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -14,6 +18,27 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def invoke(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+           command: Callable[..., Any], *, interrupted: str = "interrupted") -> tuple[int, Any]:
+    """Parse `argv` and call `command(**options)`: (0, its result), or (status, None).
+
+    The status is argparse's for --help (0) and usage errors (2, already printed); a
+    UsageError is one line on stderr and 2; Ctrl-C prints `interrupted` and gives 130.
+    """
+    try:
+        kwargs = vars(parser.parse_args(argv))
+    except SystemExit as e:
+        return int(e.code or 0), None
+    try:
+        return 0, command(**kwargs)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130, None
 
 
 def positive_int(text: str) -> int:

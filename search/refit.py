@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from search.cli import Parser, store_parser, teacher_parser
+from search.cli import Parser, invoke, store_parser, teacher_parser
 from search.errors import UsageError
 
 PROG = "search.refit"
@@ -38,18 +38,9 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        kwargs = vars(build_parser().parse_args(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        result = refit(**kwargs)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    status, result = invoke(PROG, build_parser(), argv, refit)
+    if result is None:  # --help, or an error already told
+        return status
     width = max(len(k) for k in result["metrics"])
     print(f"refit of trial {result['trial']} -> MLflow run {result['run_id']}")
     for key, value in sorted(result["metrics"].items()):

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from search.cli import Parser, positive_int, store_parser
+from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
 from search.errors import UsageError
 from search.storage import open_storage
@@ -50,19 +50,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        kwargs = vars(build_parser().parse_args(argv))
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return int(e.code or 0)
-    try:
-        report(**kwargs)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return invoke(PROG, build_parser(), argv, report)[0]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -18,13 +19,13 @@ from typing import Any
 
 from search.cli import (
     Parser,
+    invoke,
     non_negative_float,
     positive_float,
     positive_int,
     store_parser,
     teacher_parser,
 )
-from search.errors import UsageError
 
 PROG = "search.run"
 
@@ -118,19 +119,10 @@ def resolution(text: str) -> int | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        kwargs = vars(build_parser().parse_args(argv))
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return int(e.code or 0)
-    try:
-        return run(argv=argv, **kwargs)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to finish the study",
-              file=sys.stderr)
-        return 130
+    status, code = invoke(PROG, build_parser(), argv, functools.partial(run, argv=argv),
+                          interrupted="interrupted; run the same command again to finish the "
+                                      "study")
+    return status if code is None else int(code)
 
 
 def _interrupt_on_sigterm() -> None:

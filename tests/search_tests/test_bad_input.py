@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,10 @@ def test_command_line_bad_input_exits_2_without_traceback(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "unknown study 'cifar-nope'" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("module", ["search.run", "search.report", "search.refit"])
+def test_help_exits_zero(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main = importlib.import_module(module).main
+    assert main(["--help"]) == 0
+    assert "--study" in capsys.readouterr().out
