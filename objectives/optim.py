@@ -49,8 +49,9 @@ def build_optimizer(
     Adam/AdamW keep torch's betas (0.9, 0.999)). ``weight_decay`` is always passed explicitly,
     so AdamW does not silently use its own default of 0.01; it is coupled L2 for all but AdamW
     (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"). ``fused`` asks for
-    torch's fused CUDA kernels (one launch per step instead of one per tensor); RMSprop has none
-    and ignores it.
+    torch's fused kernels (one launch per step instead of one per tensor; callers set it on
+    CUDA). RMSprop has no fused kernel (torch 2.14's ``RMSprop`` takes no ``fused`` argument):
+    it gets the multi-tensor ``foreach`` kernels instead, a few launches per step.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
@@ -83,7 +84,8 @@ def build_optimizer(
     elif name == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **kernel)
     else:  # rmsprop
-        opt = torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                  **({"foreach": True} if fused else {}))
 
     for group in opt.param_groups:
         group["base_lr"] = float(group["lr"])

@@ -2,8 +2,9 @@
 
 ours is `fine_tune` itself, timed by its own `images_per_second` over one epoch of `steps`
 batches; the baseline is a DataLoader whose Dataset runs torchvision's per-image PIL transforms,
-with the same model, optimizer, autocast and memory layout. Rounds alternate which side goes
-first, so that a noisy neighbour hurts both; medians are quoted.
+with one worker per core and pinned memory on CUDA, and the same model, optimizer, autocast and
+memory layout. Rounds alternate which side goes first, so that a noisy neighbour hurts both;
+medians are quoted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -33,7 +33,8 @@ from objectives.train import _autocast, fine_tune
 SHARED_DATA = Path("/work/shared/data/cifar10-jpg")
 PER_CLASS = 500  # images read per class folder: 5,000 CIFAR-10 images, decoded before timing
 CLASSES = 10
-Timing = tuple[float, float]  # (images per second, largest weight change in the timed steps)
+# (images per second, largest weight change in the timed steps, images in the timed steps)
+Timing = tuple[float, float, int]
 
 
 def load_images(folder: Path, per_class: int = PER_CLASS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,23 +71,27 @@ class PilImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:
-    """All weights in one float32 CPU vector, a copy: how far they move proves training."""
-    return parameters_to_vector(model.parameters()).detach().float().cpu()
+    """All weights in one float32 CPU vector, a copy: how far they move proves training.
+
+    `reshape`, not `parameters_to_vector`'s `view`: a channels-last conv weight (the model on
+    CUDA) cannot be viewed flat."""
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
 
 
 def _ours(config: TrialConfig, task: Task, warm: Task | None, device: torch.device) -> Timing:
-    """(images/s, weight change) of one `fine_tune` epoch, after a short warm-up epoch. It
+    """(images/s, weight change, images) of one `fine_tune` epoch, after a warm-up epoch. It
     includes the fresh optimizer's first step, which the baseline's window leaves out."""
     if warm is not None:  # kernels, allocator and cuDNN autotuning, outside the timing
         fine_tune(config, warm, device=device)
     result = fine_tune(config, task, device=device)
     moved = _weights(result.model) - _weights(task.make_model(config.seed))  # from its start
-    return result.final["images_per_second"], float(moved.abs().max())
+    return result.final["images_per_second"], float(moved.abs().max()), len(task.data.train)
 
 
 def _baseline(config: TrialConfig, loader: DataLoader[Any], model: torch.nn.Module,
               optimizer: torch.optim.Optimizer, device: torch.device, warmup: int) -> Timing:
-    """(images/s, weight change) of one loader epoch, its first `warmup` batches untimed."""
+    """(images/s, weight change, images) of one loader epoch, its first `warmup` batches
+    untimed."""
     cuda = device.type == "cuda"
     criterion = build_loss(config.loss)
     model.train()
@@ -107,7 +112,8 @@ def _baseline(config: TrialConfig, loader: DataLoader[Any], model: torch.nn.Modu
         images += len(y)
     if cuda:
         torch.cuda.synchronize()  # the one wait, closing the timing window
-    return images / (time.perf_counter() - started), float((_weights(model) - before).abs().max())
+    seconds = time.perf_counter() - started
+    return images / seconds, float((_weights(model) - before).abs().max()), images
 
 
 def throughput(
@@ -118,8 +124,9 @@ def throughput(
     """Median training images/s of ours and the baseline, their ratio, and the settings.
 
     Images: `images` (uint8 (N, 3, H, W)), else the CIFAR-10 JPEGs in `data`, else random.
-    `*_weight_change` (last round) shows the timed steps trained. `workers` defaults to
-    min(4, cores - 1): a core is left to the training threads."""
+    `*_weight_change` and `*_images` (last round) show that the timed steps trained, and on how
+    many images. `workers` defaults to one per core (`os.cpu_count()`), the usual setting of a
+    DataLoader on a GPU node, so the baseline's decoding is not starved."""
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto"
                        else device)
     cuda = dev.type == "cuda"
@@ -130,7 +137,7 @@ def throughput(
             0, 256, (PER_CLASS * CLASSES, 3, 32, 32), dtype=torch.uint8,
             generator=torch.Generator().manual_seed(0))
         y = torch.arange(len(x)) % CLASSES
-    workers = min(4, (os.cpu_count() or 1) - 1) if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
 
     def split(count: int) -> Split:  # `count` images cycled from the pool
         index = torch.arange(count) % len(x)
@@ -161,10 +168,11 @@ def throughput(
         for name in ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours"):
             runs[name].append(_ours(config, timed, warm, dev) if name == "ours" else
                               _baseline(config, loader, model, optimizer, dev, warmup))
-    ours, baseline = (statistics.median(v for v, _ in runs[k]) for k in ("ours", "baseline"))
+    ours, baseline = (statistics.median(t[0] for t in runs[k]) for k in ("ours", "baseline"))
     return {"ours_images_per_s": ours, "baseline_images_per_s": baseline, "ratio": ours / baseline,
             "ours_weight_change": runs["ours"][-1][1], "device": str(dev), "backbone": backbone,
             "baseline_weight_change": runs["baseline"][-1][1], "resolution": resolution,
+            "ours_images": runs["ours"][-1][2], "baseline_images": runs["baseline"][-1][2],
             "batch_size": batch_size, "workers": workers, "images": len(x)}
 
 
@@ -176,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, default in (("--resolution", 32), ("--batch-size", 256), ("--steps", 30),
                           ("--warmup", 5), ("--rounds", 3)):
         parser.add_argument(flag, type=int, default=default, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, help="baseline DataLoader workers")
+    parser.add_argument("--workers", type=int,
+                        help=f"baseline DataLoader workers (default: one per core, "
+                             f"{os.cpu_count() or 1} here)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA,
                         help="folder of CIFAR-10 JPEGs (default: %(default)s, else random)")
     args = parser.parse_args(argv)

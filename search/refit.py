@@ -133,22 +133,16 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
 
     from objectives.data import Split, Task
     from objectives.train import fine_tune
-    from search.tracking import versions
 
     data = task.data
     both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     fit_data = dataclasses.replace(data, train=both)  # val stays: an in-sample curve only
-    fit_task = Task(f"{task.name}-refit", fit_data, task.make_model)
+    # Train and val go to the device once, as a search's task does (the test split stays put).
+    fit_task = Task(f"{task.name}-refit", fit_data, task.make_model).to(device)
 
     client = MlflowClient(stores.client_uri)
     experiment = client.get_experiment_by_name(study.study_name)
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    tags = {"search.role": "refit", "search.refit_of_trial": str(chosen.number),
-            "optuna.study_name": study.study_name, "device": device, **versions()}
-    if chosen.user_attrs.get("mlflow_run_id"):
-        tags["search.refit_of_run"] = chosen.user_attrs["mlflow_run_id"]
-    if parent:
-        tags["mlflow.parentRunId"] = parent
+    tags = _run_tags(study, chosen, device)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         study.study_name, artifact_location=stores.artifact_location)
     run_id = client.create_run(experiment_id, run_name=f"refit-trial-{chosen.number}",
@@ -174,6 +168,21 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
             "model_uri": model_uri}
 
 
+def _run_tags(study: Any, chosen: Any, device: str) -> dict[str, str]:
+    """The refit run's MLflow tags: its trial, study and parent run, and the device (with the
+    GPU's name on CUDA) and library versions, as a trial's run has them."""
+    from search.session import device_tags
+    from search.tracking import versions
+
+    tags = {"search.role": "refit", "search.refit_of_trial": str(chosen.number),
+            "optuna.study_name": study.study_name, **device_tags(device), **versions()}
+    if chosen.user_attrs.get("mlflow_run_id"):
+        tags["search.refit_of_run"] = chosen.user_attrs["mlflow_run_id"]
+    if study.user_attrs.get("mlflow_parent_run_id"):
+        tags["mlflow.parentRunId"] = study.user_attrs["mlflow_parent_run_id"]
+    return tags
+
+
 def evaluate(model: Any, task: Any, *, resolution: int) -> dict[str, float]:
     """Test metrics, and accuracy under each corruption (per severity, per corruption, mean)."""
     from objectives.corruptions import CORRUPTIONS, SEVERITIES, corrupt
@@ -181,7 +190,11 @@ def evaluate(model: Any, task: Any, *, resolution: int) -> dict[str, float]:
     from objectives.metrics import classification_metrics, per_class_recall
     from objectives.train import predict
 
-    test = task.data.test
+    # The images go to the model's device once, and are corrupted there: predict would
+    # otherwise copy every batch from the host, and wait for it. Labels stay with the logits,
+    # which predict returns on the CPU.
+    device = next(model.parameters()).device
+    test = Split(task.data.test.x.to(device), task.data.test.y)
     logits = predict(model, test, task, resolution=resolution)
     metrics = {k.replace("val_", "test_", 1): v
                for k, v in classification_metrics(logits, test.y).items()}
@@ -209,7 +222,7 @@ def _log_model(mlflow: Any, tracking_uri: str, run_id: str, model: Any, data: An
     from objectives.serving import ImageClassifier
 
     served = ImageClassifier(model.cpu().eval(), data, resolution=resolution).eval()
-    example = data.test.x[:4].numpy()
+    example = data.train.x[:4].numpy()  # stored with the model: not from the test split
     with torch.inference_mode():
         output = served(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)

@@ -165,3 +165,13 @@ def test_the_same_on_cuda() -> None:
         assert on_gpu.device.type == "cuda"
         # Same noise (drawn on the CPU); float arithmetic may round half a level differently.
         assert (on_gpu.cpu().int() - corrupt(x, name, 5, seed=1).int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_stays_on_a_device_other_than_the_cpu(name: str) -> None:
+    # The meta device (shapes, no data) stands in for a GPU on a CPU-only machine: nothing in
+    # corrupt may fall back to the CPU (refit corrupts the test split where the model is).
+    x = _images().to("meta")
+    for severity in (1, 5):  # 5: a larger blur kernel
+        y = corrupt(x, name, severity)
+        assert (y.device, y.shape, y.dtype) == (x.device, x.shape, torch.uint8)

@@ -79,6 +79,20 @@ def test_optimizer_steps() -> None:
         assert p.item() < 1.0, name
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fused_asks_for_a_one_launch_kernel(name: str) -> None:
+    # RMSprop has no fused kernel in torch 2.14 (no `fused` argument): the multi-tensor
+    # foreach one instead. The others' fused kernels also run on the CPU, so all can step here.
+    kernel = "foreach" if name == "rmsprop" else "fused"
+    p = nn.Parameter(torch.tensor([1.0, 2.0]))
+    assert build_optimizer(name, [p], lr=0.1).defaults[kernel] is None  # torch picks
+    opt = build_optimizer(name, [p], lr=0.1, fused=True)
+    assert opt.defaults[kernel] is True
+    p.square().sum().backward()
+    opt.step()
+    assert (p.detach() < torch.tensor([1.0, 2.0])).all()
+
+
 def test_unknown_optimizer_lists_known() -> None:
     with pytest.raises(ValueError, match="sgd, momentum, adam, adamw, rmsprop") as info:
         build_optimizer("lbfgs", _params(), lr=0.1)

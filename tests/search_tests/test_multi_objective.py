@@ -19,8 +19,8 @@ def test_accuracy_and_calibration_search_and_its_pareto_front(
     status = search_run.main(["--study", "digits", "--trials", "4", "--epochs", "2",
                               "--objectives", "accuracy,ece", "--seed", "3"])
     assert status == 0
-    out = capsys.readouterr().out
-    assert "Traceback" not in out
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err, captured.err  # tracebacks: stderr
 
     study = load_study(workdir)
     assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]

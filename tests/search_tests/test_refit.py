@@ -1,8 +1,10 @@
 """search.refit: the best trial retrained on train + validation, tested once, logged as a model
-that loads back; and the test split untouched by the search itself."""
+that loads back; and the test split untouched by the search itself, and read by the refit only
+to evaluate."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +13,59 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
 from objectives.config import TrialConfig
-from objectives.corruptions import CORRUPTIONS
+from objectives.corruptions import CORRUPTIONS, SEVERITIES
 from objectives.data import ImageData, Split, Task
 from objectives.digits import load_digits_task
 from objectives.train import fine_tune
-from search.refit import main
+from search import refit as refit_module
+from search import session
+from search.refit import _run_tags, evaluate, main
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
 
 
+class _Untouchable:
+    """A split that fails any use: the search must never look at the test split."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the search touched the test split ({name})")
+
+    def __len__(self) -> int:
+        raise AssertionError("the search touched the test split (len)")
+
+
+def _with_test(task: Task, test: Any) -> Task:
+    return dataclasses.replace(task, data=dataclasses.replace(task.data, test=test))
+
+
 def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every task the search and the refit load has its test split guarded; refit's evaluate
+    # alone is handed the real one. Any other reader (training, validation, the model's
+    # logged input example) fails the run.
+    real_load, real_evaluate = session.load_task, refit_module.evaluate
+    test = load_digits_task(cache_dir=workdir / "mlruns" / "cache", seed=0).data.test
+    evaluated = []
+
+    def load_guarded(*args: Any) -> Task:
+        return _with_test(real_load(*args), _Untouchable())
+
+    def evaluate_on_the_test_split(model: Any, task: Task, *, resolution: int) -> Any:
+        assert isinstance(task.data.test, _Untouchable)
+        evaluated.append(task.name)
+        return real_evaluate(model, _with_test(task, test), resolution=resolution)
+
+    monkeypatch.setattr(session, "load_task", load_guarded)
+    monkeypatch.setattr(refit_module, "evaluate", evaluate_on_the_test_split)
     assert run_main(["--study", "digits", "--trials", "3", "--epochs", "3", "--pruner",
                      "none"]) == 0
     capsys.readouterr()
     assert main(["--study", "digits"]) == 0
+    assert evaluated == ["digits-refit"]  # once
     out = capsys.readouterr().out
     study = load_study(workdir)
     best = study.best_trial
@@ -44,6 +81,8 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
     assert run.data.tags["search.refit_of_trial"] == str(best.number)
     assert run.data.tags["search.refit_of_run"] == best.user_attrs["mlflow_run_id"]
     assert run.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
+    # The device as a trial's run records it (and the GPU's name, on CUDA).
+    assert session.device_tags(session.pick_device("auto")).items() <= run.data.tags.items()
     metrics = run.data.metrics
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and 0 <= metrics["test_ece"] <= 1
     for corruption in CORRUPTIONS:
@@ -55,7 +94,6 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    test = load_digits_task(cache_dir=workdir / "mlruns" / "cache", seed=0).data.test
     with torch.inference_mode():
         predicted = model(test.x).argmax(dim=1)  # uint8 images in: preprocessing is inside
     accuracy = float((predicted == test.y).float().mean())
@@ -71,16 +109,6 @@ def test_refit_bad_input(workdir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "no trial 99" in capsys.readouterr().err
 
 
-class _Untouchable:
-    """A split that fails any use: the search must never look at the test split."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the search touched the test split ({name})")
-
-    def __len__(self) -> int:
-        raise AssertionError("the search touched the test split (len)")
-
-
 def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
     from search.tracking import Tracker
     from search.trial import TrialRunner
@@ -88,11 +116,12 @@ def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
     from spaces.digits import STUDY
 
     task = load_digits_task(cache_dir=tmp_path / "cache", seed=0)
-    guarded = ImageData(task.data.train, task.data.val, _Untouchable(),  # type: ignore[arg-type]
+    guard = _Untouchable()
+    guarded = ImageData(task.data.train, task.data.val, guard,  # type: ignore[arg-type]
                         task.data.class_names, task.data.mean, task.data.std,
                         crop_padding=task.data.crop_padding)
     guarded_task = Task("guarded", guarded, task.make_model).to("cpu")
-    fine_tune(TrialConfig(epochs=1), guarded_task)
+    model = fine_tune(TrialConfig(epochs=1), guarded_task).model
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(tracking_uri=uri, experiment="guarded",
                       artifact_location=(tmp_path / "artifacts").as_uri())
@@ -103,4 +132,46 @@ def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
     study.optimize(runner, n_trials=2)
     tracker.close()
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert isinstance(task.data.test, Split)
+    # The guard was in the path all along: the trials trained on this very task, and the one
+    # reader of a test split, refit's evaluation, trips it.
+    assert runner.task.data.test is guard
+    with pytest.raises(AssertionError, match="touched the test split"):
+        evaluate(model, guarded_task, resolution=0)
+
+
+def test_refit_tags_name_the_gpu_as_a_trial_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study()
+    study.set_user_attr("mlflow_parent_run_id", "parent")
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"mlflow_run_id": "run"}))
+    chosen = study.trials[0]
+    tags = _run_tags(study, chosen, "cpu")
+    assert tags["device"] == "cpu" and "gpu" not in tags
+    assert (tags["search.refit_of_trial"], tags["search.refit_of_run"],
+            tags["mlflow.parentRunId"]) == ("0", "run", "parent")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    tags = _run_tags(study, chosen, "cuda")
+    assert (tags["device"], tags["gpu"]) == ("cuda", "NVIDIA H200")
+    assert tags.items() >= session.device_tags("cuda").items()
+
+
+def test_evaluate_predicts_on_the_model_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean and corrupted images reach predict on the model's device (the meta device
+    stands in for a GPU: it has tensors' shapes and devices, no data), labels on the CPU."""
+    import objectives.train
+
+    seen: list[tuple[torch.device, torch.device]] = []
+
+    def predict(model: nn.Module, split: Split, task: Task, **_: Any) -> torch.Tensor:
+        seen.append((split.x.device, split.y.device))
+        return torch.zeros(len(split), task.data.num_classes)  # on the CPU, as predict's
+
+    monkeypatch.setattr(objectives.train, "predict", predict)
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    split = Split(x, torch.arange(6) % 3)
+    task = Task("meta", ImageData(split, split, split, ("a", "b", "c"), (0.5,), (0.5,)),
+                lambda seed: nn.Linear(1, 3))  # type: ignore[arg-type,return-value]
+    metrics = evaluate(nn.Linear(1, 3, device="meta"), task, resolution=0)
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    assert seen == [(meta, cpu)] * (1 + len(CORRUPTIONS) * len(SEVERITIES))
+    assert metrics["test_accuracy"] == pytest.approx(2 / 6)  # argmax 0, two labels are 0
