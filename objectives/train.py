@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from objectives.augment import random_crop, random_flip, resize
 from objectives.checkpoint import load_checkpoint, save_checkpoint
+from objectives.compiled import COMPILED, CompiledModel
 from objectives.config import TrialConfig
 from objectives.data import ImageData, Split, Task
 from objectives.losses import DISTILL, build_criterion
@@ -23,6 +25,13 @@ from objectives.optim import build_optimizer, lr_factor, set_lr
 from objectives.penalties import build_penalty
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+# cuDNN autotuning on CUDA: each new input shape (batch size x resolution, train or eval) is
+# timed once per process against every algorithm, then its fastest kernel is reused. A trial
+# sees few shapes (the short last batch is one more; evaluation is padded to a fixed batch) and
+# a worker's later trials reuse what earlier ones tuned. `python -m search.bench --only gpu`
+# measures the first epoch's cost with and without it.
+CUDNN_BENCHMARK = True
 
 
 class DivergedError(RuntimeError):
@@ -41,6 +50,7 @@ class FineTuneResult:
     val_logits: torch.Tensor | None = None  # of the last epoch, float32 on the CPU
     val_targets: torch.Tensor | None = None
     resumed_from: int = 0  # the epoch a checkpoint held when the run began; 0 = fresh start
+    compiled: str | None = None  # with compile: "compiled", or "fallback: why" (ran eagerly)
 
     @property
     def final(self) -> dict[str, float]:
@@ -85,19 +95,28 @@ def eval_batch_size(side: int) -> int:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, split: Split, task: Task, *, batch_size: int | None = None,
-            resolution: int = 0) -> torch.Tensor:
-    """Logits of a whole split, in large batches, as float32 on the CPU."""
+            resolution: int = 0, fixed_shape: bool | None = None) -> torch.Tensor:
+    """Logits of a whole split, in large batches, as float32 on the CPU.
+
+    `fixed_shape` (default: on CUDA) pads the last batch to the full batch size, so that every
+    batch has one shape: one graph under torch.compile, one cuDNN autotuning. In eval mode each
+    image's logits do not depend on the others in its batch, so the padding changes nothing.
+    """
     model.eval()
     device = next(model.parameters()).device
     side = resolution or split.x.shape[-1]
-    batch_size = batch_size or eval_batch_size(side)
+    batch_size = min(batch_size or eval_batch_size(side), len(split))
     channels_last = device.type == "cuda"
+    fixed_shape = channels_last if fixed_shape is None else fixed_shape
     outputs = []
     for start in range(0, len(split), batch_size):
-        x = prepare(split.x[start : start + batch_size].to(device), task.data,
-                    resolution=resolution, channels_last=channels_last)
+        batch = split.x[start : start + batch_size].to(device)
+        real = len(batch)
+        if fixed_shape and real < batch_size:
+            batch = torch.cat([batch, batch.new_zeros((batch_size - real, *batch.shape[1:]))])
+        x = prepare(batch, task.data, resolution=resolution, channels_last=channels_last)
         with _autocast(device):
-            outputs.append(model(x).float())
+            outputs.append(model(x)[:real].float())
     # One transfer (and so one wait for the device) per split, not one per batch.
     return torch.cat(outputs).cpu()
 
@@ -109,6 +128,7 @@ def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
     return nullcontext()
 
 
+# Required in a checkpoint; "device_type" is optional (checkpoints written before it lack it).
 _CHECKPOINT_KEYS = frozenset({
     "config", "epoch", "step", "model", "optimizer", "generator", "reference", "history",
     "val_logits", "val_targets",
@@ -146,6 +166,8 @@ def _check_teacher(teacher: torch.nn.Module | None, config: TrialConfig, data: I
         raise ValueError("the distill loss needs a teacher model: pass fine_tune(..., "
                          "teacher=MODULE), a module from uint8 images to logits")
     teacher.to(device).eval()
+    if device.type == "cuda":
+        teacher.to(memory_format=torch.channels_last)  # its convs, like the student's
     with torch.inference_mode(), _autocast(device):
         out = teacher(data.train.x[:1].to(device))
     if out.ndim != 2:
@@ -191,11 +213,18 @@ def fine_tune(
 
     On CUDA: bf16 autocast, channels-last, cuDNN autotuning, fused optimizers, and nothing in
     the step loop waits for the device; the loss is summed there and read once per epoch.
+
+    Under `compile`, shapes are fixed: the short last batch of an epoch is dropped (dynamic
+    shapes would cost a graph of their own) and evaluation is padded. `result.compiled` says
+    whether the run stayed compiled ("compiled") or fell back to eager ("fallback: ...").
+    A checkpoint written on another device type (a retry moved from a GPU to a CPU node) is
+    resumed with the shuffling and augmentation generator reseeded, since the two generators'
+    states do not convert; everything else continues exactly.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     data = task.data
     # Read first: a foreign or corrupt checkpoint fails before any model is built.
     resume = _resume_state(checkpoint, config) if checkpoint is not None else None
@@ -205,7 +234,7 @@ def fine_tune(
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
-    forward = cast(torch.nn.Module, torch.compile(model)) if compile else model
+    forward = CompiledModel(model) if compile else model
     params = trainable_parameters(model)
     criterion = build_criterion(config)
     if config.penalty == "l2_sp":
@@ -232,7 +261,9 @@ def fine_tune(
     val_targets = data.val.y.cpu()  # the logits come back to the CPU for the metrics
     n = len(train)
     batch_size = min(config.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch_size)
+    # Compiled: whole batches only (one shape, one graph); the order is reshuffled every epoch.
+    used = n - n % batch_size if compile else n
+    steps_per_epoch = used // batch_size if compile else math.ceil(n / batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
     # On the training device, so that shuffling and augmentation draws need no host copies.
@@ -242,7 +273,7 @@ def fine_tune(
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])  # moves its tensors to the params' device
-        generator.set_state(resume["generator"])  # a CPU byte tensor, whatever the device
+        _restore_generator(generator, resume, config.seed, checkpoint)
         step, done = resume["step"], resume["epoch"]
         result.history = resume["history"]
         result.val_logits, result.val_targets = resume["val_logits"], resume["val_targets"]
@@ -254,7 +285,7 @@ def fine_tune(
         # Summed on the device and read once per epoch: no host sync inside the step loop.
         loss_sum = torch.zeros((), device=device)
         order = torch.randperm(n, generator=generator, device=device)
-        for start in range(0, n, batch_size):
+        for start in range(0, used, batch_size):
             index = order[start : start + batch_size]
             images = augment(train.x[index], data, generator)
             x = to_input(images, data, resolution=config.resolution, channels_last=cuda)
@@ -273,18 +304,21 @@ def fine_tune(
             optimizer.step()
             loss_sum += loss.detach() * len(index)
             step += 1
-        train_loss = float(loss_sum) / n
+        train_loss = float(loss_sum) / used
         if not math.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
         train_seconds = time.perf_counter() - started
-        logits = predict(forward, data.val, task, resolution=config.resolution)
+        logits = predict(forward, data.val, task, resolution=config.resolution,
+                         fixed_shape=cuda or compile)
         metrics = {"train_loss": train_loss, **classification_metrics(logits, val_targets)}
         if penalty.active:
             with torch.no_grad():
                 metrics["train_penalty"] = float(penalty())
         metrics["lr"] = lr
         metrics["epoch_seconds"] = time.perf_counter() - started
-        metrics["images_per_second"] = n / train_seconds
+        metrics["images_per_second"] = used / train_seconds
+        if isinstance(forward, CompiledModel):  # 1 while the run stays compiled, else 0
+            metrics["compiled"] = float(forward.status == COMPILED)
         result.history.append(metrics)
         result.val_logits, result.val_targets = logits, val_targets
         if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds:
@@ -293,10 +327,33 @@ def fine_tune(
             save_checkpoint(checkpoint, {
                 "config": config.to_dict(), "epoch": epoch, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
+                "generator": generator.get_state(), "device_type": device.type,
                 "reference": penalty.reference, "history": result.history,
                 "val_logits": logits, "val_targets": val_targets,
             })
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    if isinstance(forward, CompiledModel):
+        result.compiled = forward.status
     return result
+
+
+def _restore_generator(generator: torch.Generator, state: dict[str, Any], seed: int,
+                       path: str | Path | None) -> None:
+    """The checkpoint's shuffling and augmentation generator state, on `generator`.
+
+    A CPU generator's state (Mersenne Twister, 5,056 bytes) and a CUDA one's (Philox seed and
+    offset, 16 bytes) do not convert into each other: a checkpoint from the other device type
+    reseeds the generator from the seed and the epoch reached, with a warning.
+    """
+    saved = state["generator"]
+    ours = generator.device.type
+    theirs = state.get("device_type") or (
+        ours if saved.numel() == generator.get_state().numel() else "another device type")
+    if theirs == ours:
+        generator.set_state(saved)  # a CPU byte tensor, whatever the device
+        return
+    generator.manual_seed(seed * 1_000_003 + int(state["epoch"]))
+    warnings.warn(f"checkpoint {path} was written on {theirs}, this run is on {ours}: the "
+                  "shuffling and augmentation generator is reseeded (the rest resumes exactly)",
+                  RuntimeWarning, stacklevel=3)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from search.errors import UsageError
+from search.errors import EXIT_DEVICE_FAILED, DeviceFailed, UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,7 +25,8 @@ def invoke(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     """Parse `argv` and call `command(**options)`: (0, its result), or (status, None).
 
     The status is argparse's for --help (0) and usage errors (2, already printed); a
-    UsageError is one line on stderr and 2; Ctrl-C prints `interrupted` and gives 130.
+    UsageError is one line on stderr and 2; a DeviceFailed (a broken GPU context) one line and
+    3; Ctrl-C prints `interrupted` and gives 130.
     """
     try:
         kwargs = vars(parser.parse_args(argv))
@@ -36,6 +37,9 @@ def invoke(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2, None
+    except DeviceFailed as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_DEVICE_FAILED, None
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130, None

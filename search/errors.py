@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class UsageError(Exception):
     """Something the user gave cannot work; the message says what and what to do."""
+
+
+class DeviceFailed(Exception):
+    """The GPU failed in a way that leaves this process unable to use it (a sticky CUDA
+    error): the process stops with this one line; a launcher starts a replacement."""
+
+
+EXIT_DEVICE_FAILED = 3  # the exit status of a process stopped by DeviceFailed

@@ -27,13 +27,16 @@ from optuna.trial import TrialState
 
 from search import recovery
 from search.display import ProgressDisplay
-from search.session import Search
+from search.errors import EXIT_DEVICE_FAILED
+from search.session import MEMORY_FRACTION_ENV, Search
 
 T = TypeVar("T")
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 60.0  # after SIGTERM, the time workers get to checkpoint and stop
 DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+EXIT_BAD_INPUT = 2
+MEMORY_SHARE = 0.95  # of a GPU's memory, split between the workers on it (the rest: the driver)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Worker:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    handled: bool = False  # its exit has been dealt with (and it was not replaced)
 
     def start(self, argv: Sequence[str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -56,17 +60,41 @@ class Worker:
         assert self.process is not None
         return self.process.pid
 
+    def error_line(self) -> str | None:
+        """The one-line error the worker ended with (search.run's `error:` line), if any."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        return next((line for line in reversed(lines) if line.startswith("search.run: ")), None)
+
+
+def physical_gpus(gpus: Sequence[str]) -> list[str]:
+    """GPU indices as this process counts them (within its own CUDA_VISIBLE_DEVICES), as
+    the ids a child's CUDA_VISIBLE_DEVICES needs: under CUDA_VISIBLE_DEVICES=4,5, GPU 1 is 5."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    return [visible[int(g)] if visible and int(g) < len(visible) else g for g in gpus]
+
 
 def plan_workers(*, workers: int | None, gpus: Sequence[str] | None,
                  trials_per_gpu: int) -> list[dict[str, str]]:
-    """Each worker's extra environment: its GPU, or its share of the CPU's threads."""
+    """Each worker's extra environment: its GPU, or its share of the CPU's threads.
+
+    Workers go round-robin over `gpus`; the workers sharing one GPU each get an equal share of
+    its memory (MEMORY_FRACTION_ENV), so that a trial too large for its share runs out of
+    memory in its own process instead of in a neighbour's.
+    """
     if gpus:
-        # GPU indices count within what this process sees: map them through its own
-        # CUDA_VISIBLE_DEVICES, which the worker's setting replaces.
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
-        ids = [visible[int(g)] if visible and int(g) < len(visible) else g for g in gpus]
+        ids = physical_gpus(gpus)
         count = workers or len(ids) * trials_per_gpu
-        return [{"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(count)]
+        plans = [{"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(count)]
+        for plan in plans:
+            sharing = sum(p["CUDA_VISIBLE_DEVICES"] == plan["CUDA_VISIBLE_DEVICES"]
+                          for p in plans)
+            if sharing > 1:
+                plan[MEMORY_FRACTION_ENV] = f"{MEMORY_SHARE / sharing:.4f}"
+        return plans
     count = workers or 1
     threads = max(1, (os.cpu_count() or 1) // count)
     return [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -79,12 +107,24 @@ class Stop(Exception):
         self.signum = signum
 
 
+@dataclass
+class Outcome:
+    stopped: int | None = None  # the signal that stopped the launcher
+    bad_input: list[str] | None = None  # the error lines of workers that exited with 2
+
+
 def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
-           display: ProgressDisplay, *, log_dir: Path) -> int | None:
-    """Run the workers until the study has its budget or they stop; returns the signal that
-    stopped the launcher, or None."""
+           display: ProgressDisplay, *, log_dir: Path,
+           warn: Callable[[str], None] = print) -> Outcome:
+    """Run the workers until the study has its budget or they stop.
+
+    A worker that dies, or stops because its GPU failed (a sticky CUDA error), is replaced;
+    one that exits on bad input is not, and its error line is returned. `warn` shows what
+    happened to a worker, as it happens.
+    """
     workers = [Worker(i, {**os.environ, **plan}, log_dir / f"worker-{i}.log")
                for i, plan in enumerate(plans)]
+    outcome = Outcome(bad_input=[])
     seen = {t.number for t in search.study.get_trials(deepcopy=False, states=DONE)}
     respawns = 3 * len(workers)
 
@@ -100,20 +140,31 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
             for worker in workers:
                 assert worker.process is not None
                 code = worker.process.poll()
-                if code is None or code == 0:
+                if code is None or code == 0 or worker.handled:
                     continue
+                worker.handled = True  # unless it is replaced below
                 lost = _unless_storage_down(functools.partial(_fail_trials_of, search, [worker]))
                 killed = code < 0  # by a signal: an OOM killer, a preemption, a SIGKILL
-                if (lost or killed) and respawns > 0 and search.finished < search.budget:
+                line = worker.error_line() or f"exit status {code}"
+                if code == EXIT_BAD_INPUT:
+                    assert outcome.bad_input is not None
+                    outcome.bad_input.append(f"worker {worker.index}: {line}")
+                    continue
+                if code == EXIT_DEVICE_FAILED:
+                    warn(f"worker {worker.index} stopped: {line}")
+                if ((lost or killed or code == EXIT_DEVICE_FAILED) and respawns > 0
+                        and search.finished < search.budget):
                     respawns -= 1
+                    worker.handled = False
                     worker.start(argv)  # a replacement takes its place (and the retries)
             _unless_storage_down(lambda: _show_new(search, display, seen))
         _show_new(search, display, seen)
-        return None
+        return outcome
     except Stop as stop:
         _stop(workers, search)
         _show_new(search, display, seen)
-        return stop.signum
+        outcome.stopped = stop.signum
+        return outcome
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -141,20 +141,21 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     from rich.console import Console
 
     from search.display import ProgressDisplay, leaderboard, state_summary
-    from search.launch import launch, plan_workers
-    from search.session import open_search, visible_gpus
+    from search.errors import DeviceFailed
+    from search.launch import Outcome, launch, physical_gpus, plan_workers
+    from search.session import open_search
     from search.stores import ui_command
     from search.urls import mask_url
 
     _interrupt_on_sigterm()
     if worker is not None:
         return _work(timeout=timeout, worker=worker, **options)
-    if gpus is None and workers is None and options.get("device") != "cpu":
-        gpus = visible_gpus() or None
+    gpus = choose_gpus(gpus, device=options.get("device", "auto"))
     plans = plan_workers(workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu)
     many = len(plans) > 1
     if gpus and not many:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        # Before anything starts CUDA (which reads the variable once): this process alone.
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpus(gpus)[0]
     search = open_search(**options, load_device="cpu" if many else None)
     # Logs and CI have no terminal: keep table rows whole rather than 80 columns wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -163,21 +164,25 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
                   f"storage {mask_url(search.stores.storage)}, tracking "
                   f"{mask_url(search.stores.tracking_uri)}"
                   + (f"; {len(plans)} workers" if many else ""), markup=False, highlight=False)
-    status, stopped = "FINISHED", None
+    status, outcome = "FINISHED", Outcome()
     started = time.monotonic()
     try:
         with ProgressDisplay(console, budget=search.budget, finished=search.finished,
                              metric=",".join(search.metrics)) as display:
             if many:
                 log_dir = Path("mlruns") / "logs" / name
-                stopped = launch(search, argv, plans, display, log_dir=log_dir)
+                outcome = launch(search, argv, plans, display, log_dir=log_dir,
+                                 warn=lambda line: print(f"warning: {line}", file=sys.stderr))
             else:
                 search.optimize(timeout=timeout, callbacks=[display])
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except DeviceFailed:
+        status = "FAILED"
+        raise
     finally:
-        if stopped is not None:
+        if outcome.stopped is not None:
             status = "KILLED"
         for error in search.close(status=status):
             console.print(f"warning: {error}", markup=False, highlight=False)
@@ -187,10 +192,14 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
                   f"{time.monotonic() - started:.0f}s", markup=False, highlight=False)
     console.print(f"review: {ui_command(search.stores.tracking_uri)}", markup=False,
                   highlight=False)
-    if stopped is not None:
-        print(f"{PROG}: stopped by {signal.Signals(stopped).name}; run the same command again "
-              "to finish the study", file=sys.stderr)
-        return 128 + stopped
+    if outcome.stopped is not None:
+        print(f"{PROG}: stopped by {signal.Signals(outcome.stopped).name}; run the same "
+              "command again to finish the study", file=sys.stderr)
+        return 128 + outcome.stopped
+    for line in outcome.bad_input or ():
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+    if finished < search.budget and outcome.bad_input:
+        return 2
     if finished < search.budget:
         console.print(f"the study stopped short of its budget ({finished} of {search.budget}); "
                       "run the same command again to go on", markup=False, highlight=False)
@@ -198,8 +207,31 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     return 0
 
 
+def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
+    """The GPUs to spread the workers over (indices as this process sees them), or None for
+    the CPU: every visible GPU unless `--gpus` says which; an index out of range is bad input."""
+    from search.errors import UsageError
+    from search.session import visible_gpus
+
+    if device == "cpu":
+        if gpus:
+            raise UsageError("--gpus does not apply with --device cpu: leave one of them out")
+        return None
+    visible = visible_gpus()
+    if gpus is None:
+        return visible or None
+    wrong = [g for g in gpus if int(g) >= len(visible)]
+    if wrong:
+        seen = (f"the {len(visible)} visible GPU(s) are 0-{len(visible) - 1}" if visible
+                else "no CUDA device is visible")
+        raise UsageError(f"--gpus {','.join(gpus)}: GPU {wrong[0]} does not exist ({seen}); "
+                         "give indices of visible GPUs, or leave --gpus out to use them all")
+    return gpus
+
+
 def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
     """One worker of a launcher: trials until the budget; the launcher shows the progress."""
+    from search.errors import DeviceFailed
     from search.session import open_search
 
     search = open_search(**options, owner=False, worker=worker)
@@ -208,6 +240,9 @@ def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
         search.optimize(timeout=timeout)
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except DeviceFailed:
+        status = "FAILED"
         raise
     finally:
         for error in search.close(status=status):

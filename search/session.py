@@ -23,7 +23,7 @@ from objectives.data import Task
 from objectives.errors import InputError
 from search import recovery
 from search import stores as stores_module
-from search.errors import UsageError
+from search.errors import DeviceFailed, UsageError
 from search.storage import open_storage
 from search.study import (
     FINISHED,
@@ -65,11 +65,28 @@ def pick_device(name: str) -> str:
 
 
 def visible_gpus() -> list[str]:
-    """Indices of the GPUs this process may use (none on a CPU-only machine)."""
+    """Indices of the GPUs this process may use (none on a CPU-only machine).
+
+    `device_count` asks NVML where it can, without starting CUDA in this process, so that
+    CUDA_VISIBLE_DEVICES may still be set afterwards (search.run pins a lone worker's GPU).
+    """
     import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+# Set by a launcher for workers that share a GPU: the share of its memory each may take, so
+# that a trial too large for its share fails in its own process, not in a neighbour's.
+MEMORY_FRACTION_ENV = "FINETUNE_SEARCH_GPU_MEMORY_FRACTION"
+
+
+def limit_gpu_memory(device: str) -> None:
+    """Cap this process's share of its GPU's memory when a launcher asked for it."""
+    share = os.environ.get(MEMORY_FRACTION_ENV)
+    if device == "cuda" and share:
+        import torch
+
+        torch.cuda.set_per_process_memory_fraction(float(share))
 
 
 def device_tags(device: str) -> dict[str, str]:
@@ -142,12 +159,19 @@ class Search:
                              checkpoint_dir=self.stores.checkpoint_dir, metrics=self.metrics,
                              checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         failures = _FailureGuard(limit=max(self.budget, 10))
+        limit_gpu_memory(self.device)
         self.study.optimize(
             runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
             callbacks=[*callbacks, failures,
                        optuna.study.MaxTrialsCallback(self.budget, states=FINISHED)],
+            # A failed or pruned trial's memory is freed by the runner itself (see
+            # objectives.failures.free_after): a full collection per trial is not needed.
             gc_after_trial=False,
         )
+        if runner.broken is not None:
+            raise DeviceFailed(f"{runner.broken}; this process cannot use the GPU again: run "
+                               "the same command again to go on (a launcher's workers are "
+                               "replaced on their own)")
 
     def fail_lost_trials(self) -> list[int]:
         """Fail (and queue retries of) RUNNING trials whose worker on this host is gone."""

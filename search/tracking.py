@@ -196,6 +196,10 @@ class TrialRun:
             self.writer.send("log metrics", _log_metrics, batch, key=self.key)
             self._last_flush = time.monotonic()
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the run now (a state seen mid-trial, such as whether it runs compiled)."""
+        self.writer.send("set tags", _log_metrics, [], _tags(tags), key=self.key)
+
     def add_artifact(self, path: str, content: Artifact) -> None:
         """Stage an artifact for `finish`; a callable is rendered by the writer process."""
         self._artifacts[path] = content

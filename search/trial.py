@@ -6,8 +6,8 @@ PRUNED with the epoch, FAIL with a reason. Whatever happens, the MLflow run is e
 
 from __future__ import annotations
 
-import gc
 import math
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +16,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
+from objectives.failures import cuda_broken, free_after, out_of_memory, release_memory
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
 from search import recovery
@@ -37,12 +38,23 @@ CONDITIONAL = frozenset(
 )
 
 
+COMPILE_FALLBACK = ("fallback: ran eagerly (torch.compile could not keep this run's graphs; "
+                    "see the worker's warning)")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def failure_reason(error: BaseException) -> str:
     if isinstance(error, DivergedError):
         return f"diverged: {error}"
-    if isinstance(error, torch.OutOfMemoryError):
-        return f"out of memory: {str(error).splitlines()[0]}"
-    text = str(error).splitlines()[0] if str(error) else ""
+    if (oom := out_of_memory(error)) is not None:
+        return f"out of memory: {_first_line(oom)}"
+    if (broken := cuda_broken(error)) is not None:
+        return f"CUDA error, the worker's CUDA context is broken: {_first_line(broken)}"
+    text = _first_line(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -61,6 +73,9 @@ class TrialRunner:
     metrics: tuple[str, ...] = ()  # the values returned; default the study's metric; several:
     # a multi-objective study, which Optuna does not prune (no report, no should_prune)
     teacher: torch.nn.Module | None = None  # for the distill loss: uint8 images to logits
+    # Set when a trial hit a sticky CUDA error: this process's CUDA context is unusable, so
+    # the search stops after that trial and the process ends (a launcher replaces it).
+    broken: str | None = None
 
     def _start_run(self, trial: optuna.Trial, params: dict[str, object],
                    tags: dict[str, str] | None = None) -> TrialRun:
@@ -112,6 +127,8 @@ class TrialRunner:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal last_epoch
             last_epoch = epoch
+            if "compiled" in metrics:  # under --compile: did this epoch run compiled?
+                self._compile_status(trial, run, metrics["compiled"])
             if run.created:  # link as soon as the writer has the run; never wait mid-trial
                 self._link(trial, run)
             run.log_epoch(epoch, metrics)
@@ -136,6 +153,14 @@ class TrialRunner:
                 checkpoint.unlink(missing_ok=True)
 
     @staticmethod
+    def _compile_status(trial: optuna.Trial, run: TrialRun, compiled: float) -> None:
+        """Record once (and again if it changes) whether the trial ran compiled."""
+        status = "compiled" if compiled else COMPILE_FALLBACK
+        if trial.user_attrs.get("compile") != status:
+            trial.set_user_attr("compile", status)
+            run.set_tags({"search.compile": status})
+
+    @staticmethod
     def _link(trial: optuna.Trial, run: TrialRun) -> None:
         """Store the trial's MLflow run id in Optuna, once (at the latest as the trial ends)."""
         if not run.linked and run.run_id is not None:
@@ -145,37 +170,19 @@ class TrialRunner:
     def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
                on_epoch: EpochCallback, last_epoch: Callable[[], int],
                checkpoint: Path | None) -> float:
-        reason: str | None = None
         try:
             result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch,
                                compile=self.compile, checkpoint=checkpoint,
                                checkpoint_seconds=self.checkpoint_seconds,
                                teacher=self.teacher)
-        except optuna.TrialPruned:
-            trial.set_user_attr("pruned_epoch", last_epoch())
-            run.finish("PRUNED", tags={"optuna.pruned_epoch": str(last_epoch())})
+        except BaseException as e:
+            if isinstance(e, Exception) and not isinstance(e, optuna.TrialPruned):
+                run.add_artifact("traceback.txt", "".join(traceback.format_exception(e)))
+            # The traceback holds the run's model, gradients, optimizer state and batches, and
+            # Optuna keeps the exception: free them now, not when the cyclic GC next runs.
+            free_after(e)
+            self._failed(trial, run, e, last_epoch())
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
-            run.finish("FAIL", tags={"optuna.fail_reason": recovery.INTERRUPTED}, killed=True)
-            raise
-        except torch.OutOfMemoryError as e:
-            reason = failure_reason(e)
-        except Exception as e:
-            reason = failure_reason(e)
-            trial.set_user_attr("fail_reason", reason)
-            run.finish("FAIL", tags={"optuna.fail_reason": reason})
-            raise
-        if reason is not None:
-            # Out of memory. The error's traceback holds the trial's model, optimizer and
-            # batches: out of the `except` block they are garbage, and the cache can be
-            # emptied for the next trial. The trial fails with its reason; the search goes on.
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            trial.set_user_attr("fail_reason", reason)
-            run.finish("FAIL", tags={"optuna.fail_reason": reason})
-            raise RuntimeError(reason)
         values = [result.final[m] for m in self.objective_metrics]
         bad = [(m, v) for m, v in zip(self.objective_metrics, values, strict=True)
                if not math.isfinite(v)]
@@ -200,6 +207,37 @@ class TrialRunner:
             final.update({f"val_recall/{n}": r for n, r in zip(names, recalls, strict=True)})
         run.finish("COMPLETE", tags=tags, metrics=final)
         return values[0] if len(values) == 1 else tuple(values)  # type: ignore[return-value]
+
+    def _failed(self, trial: optuna.Trial, run: TrialRun, error: BaseException,
+                epoch: int) -> None:
+        """Record how training ended without a result: pruned, interrupted or failed."""
+        if isinstance(error, optuna.TrialPruned):
+            trial.set_user_attr("pruned_epoch", epoch)
+            run.finish("PRUNED", tags={"optuna.pruned_epoch": str(epoch)})
+            if self.device == "cuda":
+                release_memory()  # the cache back to the GPU's other trials
+            return
+        if isinstance(error, KeyboardInterrupt):
+            trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
+            run.finish("FAIL", tags={"optuna.fail_reason": recovery.INTERRUPTED}, killed=True)
+            return
+        if not isinstance(error, Exception):
+            return  # SystemExit and the like: the process is ending
+        reason = failure_reason(error)
+        trial.set_user_attr("fail_reason", reason)
+        run.finish("FAIL", tags={"optuna.fail_reason": reason})
+        if cuda_broken(error) is not None:
+            # Every later CUDA call in this process would fail too: stop after this trial.
+            # Not retried: the configuration itself may be what broke the device.
+            self.broken = reason
+            trial.study.stop()
+        elif out_of_memory(error) is not None:
+            # Free the memory for the next trial, and try the configuration again: with
+            # several trials per GPU, a neighbour may have held the memory. The retry (at
+            # most recovery.MAX_RETRY) resumes from the trial's checkpoint; a failed trial
+            # is not scored, so the sampler learns nothing false from it.
+            release_memory()
+            recovery.retry(trial.study, recovery.frozen(trial))
 
     def _is_best(self, trial: optuna.Trial, value: float) -> bool:
         """Whether `value` (the first objective) beats every completed trial's."""

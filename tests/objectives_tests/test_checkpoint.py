@@ -162,3 +162,28 @@ def test_no_checkpoint_changes_nothing(task: Task, tmp_path: Path) -> None:
     assert _metrics(plain) == _metrics(saved)
     _assert_same_model(plain, saved)
 
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["device-type", "legacy"])
+def test_a_checkpoint_from_another_device_type_resumes(
+    augmented: Task, tmp_path: Path, labelled: bool,
+) -> None:
+    """A retry that moved from a GPU node to a CPU one finds a CUDA generator state (Philox:
+    16 bytes) in the checkpoint, which a CPU generator cannot take: it resumes, reseeded."""
+    config = _config(epochs=3)
+    path = tmp_path / "trial.pt"
+    with pytest.raises(Killed):
+        fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_2)
+    state = load_checkpoint(path)
+    assert state is not None and state["device_type"] == "cpu"
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # as torch.cuda's get_state()
+    if labelled:
+        state["device_type"] = "cuda"
+    else:
+        del state["device_type"]  # a checkpoint written before the field existed
+    save_checkpoint(path, state)
+    with pytest.warns(RuntimeWarning, match="generator is reseeded"):
+        resumed = fine_tune(config, augmented, checkpoint=path)
+    assert resumed.resumed_from == 2
+    assert len(resumed.history) == 3
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())

@@ -172,3 +172,24 @@ def test_every_sampler_and_pruner_runs_a_search(workdir: Path, sampler: str, pru
     assert parents[0].data.tags["search.sampler"] == sampler
     assert parents[0].data.tags["search.pruner"] == pruner
     assert len(trials) == len(study.trials)
+
+
+def test_a_broken_gpu_stops_a_lone_search_with_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a sticky CUDA error the process's CUDA context is unusable: a search without a
+    launcher records the trial as failed, starts no other, and stops with one line."""
+    def illegal_access(*args: object, **kwargs: object) -> None:
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr("search.trial.fine_tune", illegal_access)
+    assert main([*TINY, "--trials", "4"]) == 3
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("search.run: error: CUDA error, the worker's CUDA context is broken")
+    assert "run the same command again" in err and "Traceback" not in err
+    study = load_study(workdir)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    parents, trials = runs(workdir)
+    assert [r.info.status for r in [*parents, *trials]] == ["FAILED", "FAILED"]
+    assert trials[0].data.tags["optuna.fail_reason"] == study.trials[0].user_attrs["fail_reason"]

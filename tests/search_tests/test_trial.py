@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -129,46 +132,151 @@ def test_an_exception_in_training_fails_the_trial_and_ends_its_run(tmp_path: Pat
     task = tiny_task()
 
     def exploding_model(seed: int) -> StagedNet:
-        raise RuntimeError("CUDA error: device-side assert triggered")
+        raise ValueError("weights file is truncated")
 
     broken = Task("broken", task.data, exploding_model)
     runner, tracker, client = make_runner(tmp_path, task=broken)
     study = optuna.create_study(direction="maximize")
-    study.optimize(runner, n_trials=1, catch=(Exception,))
+    study.optimize(runner, n_trials=2, catch=(Exception,))
     tracker.close()
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]  # goes on
     trial = study.trials[0]
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == (
-        "RuntimeError: CUDA error: device-side assert triggered")
+    assert trial.user_attrs["fail_reason"] == "ValueError: weights file is truncated"
+    assert runner.broken is None
     run = the_run(client, trial)
     assert run.info.status == "FAILED"
     assert run.data.tags["optuna.state"] == "FAIL"
 
 
-def test_out_of_memory_fails_the_trial_frees_it_and_the_search_goes_on(
-    tmp_path: Path,
+@pytest.mark.parametrize("error", [
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("CUDA error: device-side assert triggered\nCUDA kernel errors might be ..."),
+])
+def test_a_sticky_cuda_error_fails_the_trial_and_stops_the_process_search(
+    tmp_path: Path, error: Exception,
 ) -> None:
+    """After a sticky CUDA error every later CUDA call of the process fails: the trial fails
+    with its reason, and no further trial starts in this process (it must be replaced)."""
     task = tiny_task()
-    built: list[StagedNet] = []
 
-    def hungry_model(seed: int) -> StagedNet:
-        model = task.make_model(seed)
-        built.append(model)
-        if len(built) == 1:  # the first trial runs out of memory as its model is built
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    def broken_device(seed: int) -> StagedNet:
+        raise error
+
+    runner, tracker, client = make_runner(tmp_path, task=Task("gpu", task.data, broken_device))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(runner, n_trials=3, catch=(Exception,))
+    tracker.close()
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # stopped after one trial
+    reason = study.trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("CUDA error, the worker's CUDA context is broken: CUDA error: ")
+    assert runner.broken == reason
+    assert the_run(client, study.trials[0]).data.tags["optuna.fail_reason"] == reason
+    # The configuration may be what broke the device: it is not queued again.
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
+class Watched:
+    """Weak references to every model a task builds: alive or freed, without a collection."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.models: list[weakref.ref[StagedNet]] = []
+
+    def make_model(self, seed: int) -> StagedNet:
+        model = self.task.make_model(seed)
+        self.models.append(weakref.ref(model))
         return model
 
-    runner, tracker, client = make_runner(tmp_path, task=Task("hungry", task.data,
-                                                               hungry_model))
-    study = optuna.create_study(direction="maximize")
-    study.optimize(runner, n_trials=2, catch=(Exception,))
+
+@pytest.fixture
+def no_gc():  # noqa: ANN201
+    """The cyclic garbage collector off: what is freed must be freed by reference counting."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_a_pruned_trials_model_is_freed_at_once(tmp_path: Path, no_gc: None) -> None:
+    watched = Watched(tiny_task())
+    task = Task("watched", watched.task.data, watched.make_model)
+    runner, tracker, _ = make_runner(tmp_path, task=task)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(
+        lower=2.0))
+    study.optimize(runner, n_trials=2, gc_after_trial=False)
     tracker.close()
-    first, second = study.trials
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    # Optuna still holds the last trial's exception, and with it the training frames: their
+    # model, gradients and optimizer state must already be gone.
+    assert [ref() for ref in watched.models] == [None, None]
+
+
+def out_of_memory_mid_training(task: Task, error: Exception) -> tuple[Task, Watched]:
+    """A task whose first model runs out of memory in its second training step."""
+    watched = Watched(task)
+    calls = {"forward": 0}
+
+    def make_model(seed: int) -> StagedNet:
+        model = watched.make_model(seed)
+        if len(watched.models) == 1:
+
+            def before_forward(module: torch.nn.Module, args: object) -> None:
+                calls["forward"] += 1
+                if calls["forward"] == 2:
+                    raise error
+
+            model.register_forward_pre_hook(before_forward)  # holds no reference to model
+        return model
+
+    return Task("hungry", task.data, make_model), watched
+
+
+def wrapped_by_inductor() -> Exception:
+    from torch._inductor.exc import InductorError
+
+    inner = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return InductorError(inner, None)
+
+
+@pytest.mark.parametrize("make_error", [
+    lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    wrapped_by_inductor,  # raised through torch.compile's backend
+], ids=["plain", "through-inductor"])
+def test_out_of_memory_fails_the_trial_frees_it_and_retries_it(
+    tmp_path: Path, make_error: Callable[[], Exception], no_gc: None,
+) -> None:
+    task, watched = out_of_memory_mid_training(tiny_task(), make_error())
+    runner, tracker, client = make_runner(tmp_path, task=task)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"lr": 5e-3})
+    study.optimize(runner, n_trials=2, catch=(Exception,), gc_after_trial=False)
+    tracker.close()
+    first, retry = study.trials
     assert first.state == TrialState.FAIL
     assert first.user_attrs["fail_reason"] == (
         "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB")
     assert the_run(client, first).data.tags["optuna.fail_reason"].startswith("out of memory")
-    assert second.state == TrialState.COMPLETE  # the next trial ran as usual
+    # Freed by the time the next trial began, without the cyclic garbage collector.
+    assert watched.models[0]() is None
+    # Not scored: the same configuration is tried again (a neighbour may have held the memory).
+    assert retry.system_attrs["failed_trial"] == first.number
+    assert retry.params == first.params
+    assert retry.state == TrialState.COMPLETE
+    assert runner.broken is None
+
+
+def test_compiled_trials_record_that_they_stayed_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("objectives.compiled.BACKEND", "eager")  # Dynamo's graphs, no codegen
+    runner, tracker, client = make_runner(tmp_path)
+    runner.compile = True
+    study = optuna.create_study(direction="maximize")
+    study.optimize(runner, n_trials=1)
+    tracker.close()
+    trial = study.trials[0]
+    assert trial.user_attrs["compile"] == "compiled"
+    assert the_run(client, trial).data.tags["search.compile"] == "compiled"
 
 
 def test_writer_failures_are_reported_not_raised(tmp_path: Path) -> None:
