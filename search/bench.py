@@ -8,6 +8,10 @@
 4. throughput: training images per second of `fine_tune` (uint8 data and augmentation on the
    device) against a DataLoader + per-image PIL transforms loop (`search.bench_throughput`).
 5. workers: trials per minute of the digits study with 1 and with 2 worker processes.
+6. gpu: the GPU acceptance run (`search.bench_gpu`): throughput, a cifar10 search, refit,
+   distillation, trials per GPU, memory after pruned trials, a real out-of-memory trial, cuDNN
+   autotuning and --compile, each step time-limited; the report in mlruns/bench/gpu.md and
+   gpu.json. With no --only it runs when a GPU is there; `--device cpu` runs it at toy sizes.
 
 Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; medians are quoted.
 """
@@ -27,12 +31,14 @@ import optuna
 
 import spaces
 from objectives.train import fine_tune
-from search.session import open_search, quiet_libraries
+from search.cli import positive_float
+from search.errors import UsageError
+from search.session import open_search, pick_device, quiet_libraries
 from search.storage import open_storage
 from search.study import FINISHED
 from spaces import Settings
 
-SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers")
+SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu")
 
 
 def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]]:
@@ -205,12 +211,28 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="search.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=SECTIONS, action="append",
-                        help="run only this section (repeatable); default: all")
+                        help="run only this section (repeatable); default: all (gpu only "
+                             "when a GPU is visible)")
     parser.add_argument("--trials", type=int, default=12, help="trials per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the pruning comparison")
+    group = parser.add_argument_group("gpu section")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where the gpu section's steps run (auto: CUDA when present)")
+    group.add_argument("--size", choices=("auto", "full", "small", "tiny"), default="auto",
+                       help="of the gpu section's steps (auto: full on CUDA, small on a CPU)")
+    group.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                       help="time for all the gpu section's steps (default: the size's)")
     args = parser.parse_args(argv)
-    sections = args.only or list(SECTIONS)
+    try:
+        device = pick_device(args.device)
+    except UsageError as e:
+        print(f"search.bench: error: {e}", file=sys.stderr)
+        return 2
+    # With no --only, the gpu section runs on a GPU only: at its CPU size it would add about
+    # 9 minutes to the other sections' 15.
+    sections = args.only or [s for s in SECTIONS if s != "gpu" or device == "cuda"]
+    status = 0
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
         workdir = Path(tmp)
@@ -257,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{two['per_minute'] / one['per_minute']:.2f}x "
                   f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
                   "[target >= 1.8x]")
-    return 0
+        if "gpu" in sections:
+            from search.bench_gpu import run_gpu
+
+            size = args.size if args.size != "auto" else "full" if device == "cuda" else "small"
+            status = run_gpu(device=device, size=size, budget=args.budget,
+                             workdir=workdir / "gpu")
+    return status
 
 
 if __name__ == "__main__":
