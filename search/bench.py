@@ -18,7 +18,6 @@ Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; med
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import optuna
 
 import spaces
 from objectives.train import fine_tune
-from search.cli import positive_float
+from search.cli import Parser, positive_float
 from search.errors import UsageError
 from search.session import open_search, pick_device, quiet_libraries
 from search.storage import open_storage
@@ -209,7 +208,7 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="search.bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="search.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); default: all (gpu only "
                              "when a GPU is visible)")

@@ -9,7 +9,6 @@ medians are quoted.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ from objectives.data import ImageData, Split, Task
 from objectives.losses import build_loss
 from objectives.optim import build_optimizer
 from objectives.train import _autocast, fine_tune
+from search.cli import Parser
 
 SHARED_DATA = Path("/work/shared/data/cifar10-jpg")
 PER_CLASS = 500  # images read per class folder: 5,000 CIFAR-10 images, decoded before timing
@@ -177,7 +177,7 @@ def throughput(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="search.bench_throughput",
+    parser = Parser(prog="search.bench_throughput",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--backbone", default="resnet18")
