@@ -154,6 +154,12 @@ class Writer:
         context = multiprocessing.get_context("spawn")
         self._requests = context.Queue()
         self._replies = context.Queue()
+        # At exit, multiprocessing joins the thread that feeds the queue's pipe; with the writer
+        # dead that thread blocks on a full pipe for ever, and the program never exits. Every
+        # orderly stop (close, or _stop at exit) joins the writer after it has read the queue
+        # to its end, so nothing is lost by not joining the feeder; a dead writer's requests
+        # are lost anyway.
+        self._requests.cancel_join_thread()
         self._process = context.Process(
             target=_serve, args=(tracking_uri, self._requests, self._replies, os.getpid()),
             name="mlflow-writer", daemon=False,
