@@ -155,8 +155,12 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
                 Metric(k, float(v), 0, epoch) for k, v in metrics.items()
                 if k in ("train_loss", "lr", "epoch_seconds")])
 
-        model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch,
-                          teacher=teacher).model
+        try:
+            model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch,
+                              teacher=teacher).model
+        except RuntimeError as e:
+            _device_failed(e)
+            raise
         metrics = evaluate(model, fit_task, resolution=config.resolution)
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
         model_uri = _log_model(mlflow, stores.client_uri, run_id, model, data,
@@ -166,6 +170,18 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
         client.set_terminated(run_id, status=status)
     return {"trial": chosen.number, "run_id": run_id, "metrics": metrics,
             "model_uri": model_uri}
+
+
+def _device_failed(error: RuntimeError) -> None:
+    """A sticky CUDA error is one line (and exit status 3), as in search.run."""
+    from objectives.failures import cuda_broken
+    from search.errors import DeviceFailed
+
+    broken = cuda_broken(error)
+    if broken is not None:
+        line = str(broken).strip().splitlines()[0]
+        raise DeviceFailed(f"CUDA error, the GPU's context is broken: {line}; the refit run "
+                           "is ended FAILED: run the same command again") from None
 
 
 def _run_tags(study: Any, chosen: Any, device: str) -> dict[str, str]:

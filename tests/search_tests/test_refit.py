@@ -109,6 +109,27 @@ def test_refit_bad_input(workdir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "no trial 99" in capsys.readouterr().err
 
 
+def test_a_broken_gpu_during_a_refit_is_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run_main(["--study", "digits", "--trials", "1", "--epochs", "1"]) == 0
+    capsys.readouterr()
+
+    def device_side_assert(*args: object, **kwargs: object) -> None:
+        raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr("objectives.train.fine_tune", device_side_assert)
+    assert main(["--study", "digits"]) == 3
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "search.refit: error: CUDA error, the GPU's context is broken: CUDA error: device-side "
+        "assert triggered; the refit run is ended FAILED: run the same command again"]
+    refits = [r for r in client(workdir).search_runs(
+        [client(workdir).get_experiment_by_name("digits").experiment_id])
+        if r.data.tags.get("search.role") == "refit"]
+    assert [r.info.status for r in refits] == ["FAILED"]
+
+
 def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
     from search.tracking import Tracker
     from search.trial import TrialRunner

@@ -157,8 +157,9 @@ def test_multi_objective_study_shows_its_pareto_front(
                                  distributions=distributions, state=TrialState.FAIL))
 
     assert report.main(["--study", "digits", "--name", "multi"]) == 0
-    out = capsys.readouterr().out
-    assert "Traceback" not in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "Traceback" not in out + captured.err
     assert "Pareto front of study 'multi': 3 trials" in out
     assert "warning: study 'multi' has no MLflow run" in out
 
