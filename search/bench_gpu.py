@@ -28,15 +28,8 @@ from typing import Any
 
 import optuna
 
-from search.bench_steps import (
-    TAIL_CHARS,
-    Reader,
-    Runner,
-    Step,
-    fmt,
-    write_cifar,
-    write_weights,
-)
+from search.bench_data import write_cifar, write_weights
+from search.bench_steps import TAIL_CHARS, Reader, Runner, Step, fmt
 from search.storage import open_storage
 from search.study import state_counts
 
