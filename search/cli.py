@@ -10,7 +10,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from search.errors import EXIT_DEVICE_FAILED, DeviceFailed, UsageError
+from search.errors import (
+    EXIT_DEVICE_FAILED,
+    EXIT_TRACKING_LOST,
+    DeviceFailed,
+    TrackingLost,
+    UsageError,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,7 +32,8 @@ def invoke(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
     The status is argparse's for --help (0) and usage errors (2, already printed); a
     UsageError is one line on stderr and 2; a DeviceFailed (a broken GPU context) one line and
-    3; Ctrl-C prints `interrupted` and gives 130.
+    3; a TrackingLost (MLflow's writer died twice) one line and 4; Ctrl-C prints `interrupted`
+    and gives 130.
     """
     try:
         kwargs = vars(parser.parse_args(argv))
@@ -40,6 +47,9 @@ def invoke(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     except DeviceFailed as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_DEVICE_FAILED, None
+    except TrackingLost as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_TRACKING_LOST, None
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130, None

@@ -13,3 +13,11 @@ class DeviceFailed(Exception):
 
 
 EXIT_DEVICE_FAILED = 3  # the exit status of a process stopped by DeviceFailed
+
+
+class TrackingLost(Exception):
+    """MLflow tracking stopped for good (its writer died again after being replaced): the
+    search stops with this one line rather than run trials that nobody tracks."""
+
+
+EXIT_TRACKING_LOST = 4  # the exit status of a search stopped by TrackingLost

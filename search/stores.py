@@ -23,6 +23,7 @@ class Stores:
     artifact_location: str | None  # for a new experiment; None lets the tracking server decide
     cache_dir: Path | None  # on-disk caches (pretrained backbones); None when not writable
     checkpoint_dir: Path | None = None  # trials' per-epoch checkpoints; None when not writable
+    log_dir: Path | None = None  # processes' own logs (the MLflow writer's); None: not writable
 
 
 def _check_writable(folder: Path) -> None:
@@ -71,6 +72,7 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
         artifact_location=artifact_location,
         cache_dir=cache_dir,
         checkpoint_dir=(MLRUNS / "checkpoints").absolute() if cache_dir is not None else None,
+        log_dir=(MLRUNS / "logs").absolute() if cache_dir is not None else None,
     )
 
 

@@ -49,16 +49,22 @@ def versions() -> dict[str, str]:
 
 class Tracker:
     def __init__(
-        self, *, tracking_uri: str, experiment: str, artifact_location: str | None = None
+        self, *, tracking_uri: str, experiment: str, artifact_location: str | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment, artifact_location)
         self.versions = versions()
-        self.writer = Writer(tracking_uri)
+        self.writer = Writer(tracking_uri, log_dir=log_dir)
 
     @property
     def errors(self) -> list[str]:
         return self.writer.errors
+
+    @property
+    def lost(self) -> str | None:
+        """Why trial tracking stopped (the writer died more often than it is replaced)."""
+        return self.writer.lost
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)

@@ -9,14 +9,16 @@ logging uses a thread, so it has the same problem. (W&B runs its writer as a sep
 process for the same reason.)
 
 The writer keeps order (one queue), retries a failing write once, and reports failures instead
-of raising: tracking must never kill a search. If the search process dies, the writer still
-writes everything it was sent, then exits.
+of raising: tracking must never kill a search. Each request is confirmed by a reply; a writer
+that dies is replaced and sent again what it had not confirmed (see `Writer`). Its output and
+any crash go to a log file (`log_dir`), named in the warning. If the search process dies, the
+writer still writes everything it was sent, then exits.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
+import faulthandler
 import itertools
 import multiprocessing
 import os
@@ -24,18 +26,29 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-# A request: (ticket or None, what, run key or None, fn, args, kwargs).
-# fn(client, run_id_or_None, *args, **kwargs); a ticket asks for the result on the reply queue.
-Request = tuple[int | None, str, int | None, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# A request: (sequence number, ticket or None, what, run key or None, fn, args, kwargs).
+# fn(client, run_id_or_None, *args, **kwargs); a ticket asks for the result back.
+Request = tuple[int, int | None, str, int | None, Callable[..., Any], tuple[Any, ...],
+                dict[str, Any]]
+# A reply, one per request done (written, or failed and reported): (sequence number, ticket,
+# result, error). Small, so that the pipe takes it whole (a write under PIPE_BUF is atomic):
+# a writer killed mid-reply never leaves half a message for the search process to block on.
+Reply = tuple[int, int | None, Any, str | None]
 
-_ERROR = -1  # reply ticket of a failure report
 ORPHAN_GRACE_SECONDS = 30.0  # time to write what was sent after the search process died
 LOCKED_ATTEMPTS = 10  # tries of a write that meets "database is locked": ~30 s of backoff
+MAX_ERROR_LENGTH = 1000  # of an error message in a reply (see Reply)
+START_ATTEMPTS = 3  # a writer that dies before it is ready is started again this often
 
 
-def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> None:
+def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int,
+           log: str | None, run_ids: dict[int, str]) -> None:
+    """The writer process: requests in order, one reply each, until None comes."""
+    if log is not None:
+        _log_to(log)
     try:
         os.nice(19)  # only idle CPU: the trials come first
     except OSError:
@@ -47,10 +60,11 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=tracking_uri)
-    run_ids: dict[int, Any] = {}
+    run_ids = dict(run_ids)  # a replaced writer's runs, to go on writing to them
     open_runs: dict[int, str] = {}  # created and not yet ended: a lost worker's to fail
     threading.Thread(target=_watch_parent, args=(parent_pid, client, open_runs),
                      daemon=True).start()
+    replies.put((READY, None, os.getpid(), None))
     while True:
         try:
             item = requests.get(timeout=1.0)
@@ -59,12 +73,9 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
                 _end_orphans(client, open_runs)
                 return
             continue
-        except Exception as e:  # noqa: BLE001 - a request that cannot be unpickled
-            replies.put((_ERROR, None, f"MLflow writer: unreadable request: {e}"))
-            continue
         if item is None:
             return
-        ticket, what, key, fn, args, kwargs = item
+        seq, ticket, what, key, fn, args, kwargs = item
         result, error = None, None
         attempt = 0
         while True:
@@ -75,20 +86,35 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int) -> N
                 error = None
                 break
             except Exception as e:  # noqa: BLE001 - reported, never raised
-                error = f"MLflow: {what} failed: {type(e).__name__}: {e}"
+                error = f"MLflow: {what} failed: {type(e).__name__}: {e}"[:MAX_ERROR_LENGTH]
                 # Workers writing to one SQLite file at once meet "database is locked": that
                 # passes, so wait and try again (with backoff); anything else is retried once.
                 if attempt >= (LOCKED_ATTEMPTS if "locked" in str(e) else 2):
                     break
                 time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
-        if fn is create_run and error is None and key is not None:
+        if fn in CREATES and error is None and key is not None:
             run_ids[key] = open_runs[key] = str(result)
         if what == "end run":
             open_runs.pop(key, None)
-        if error is not None:
-            replies.put((_ERROR, None, error))
-        if ticket is not None:
-            replies.put((ticket, result, error))
+        keep = ticket is not None or fn in CREATES  # a created run's id: for a replacement
+        replies.put((seq, ticket, result if keep else None, error))
+
+
+READY = -1  # the sequence number of the reply that says a writer is up
+
+
+def _log_to(path: str) -> None:
+    """Send this process's stdout, stderr and fatal-error stacks to the file at `path`.
+
+    A writer's failure then has a reason on disk, not on a terminal that may be a progress
+    display or nobody's: Python's tracebacks, MLflow's warnings, a crash's stack.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    faulthandler.enable()  # onto the new stderr: segfaults and aborts leave their stacks
 
 
 def _end_orphans(client: Any, open_runs: dict[int, str]) -> None:
@@ -127,28 +153,63 @@ def create_run(client: Any, _: None, experiment_id: str, run_name: str,
     return str(client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
 
 
+def find_or_create_run(client: Any, _: None, experiment_id: str, run_name: str,
+                       tags: dict[str, str]) -> str:
+    """`create_run`, unless the run exists: a replacement re-sending what a dead writer may
+    have written (it died after creating the run, before its reply reached the search)."""
+    parent, number = tags.get("mlflow.parentRunId"), tags.get("optuna.trial_number")
+    if parent and number is not None:
+        found = client.search_runs(
+            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+            filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
+                           f"tags.`optuna.trial_number` = '{number}'"))
+        if found:
+            return str(found[0].info.run_id)
+    return create_run(client, None, experiment_id, run_name, tags)
+
+
+CREATES = (create_run, find_or_create_run)
+
+
 def _noop(client: Any, run_id: str | None) -> None:
     return None
 
 
-def _stop(requests: Any, process: Any) -> None:
-    """Let a writer nobody closed drain and stop, before `multiprocessing` joins it at exit.
-
-    Without this, a program that never calls `close` (an exception on the way) hangs at exit:
-    multiprocessing's exit handler waits for the writer, which waits for requests.
-    """
-    try:
-        requests.put(None)
-        process.join(timeout=60)
-    finally:
-        if process.is_alive():
-            process.kill()
-
-
 class Writer:
-    """The search process's handle on the writer process."""
+    """The search process's handle on the writer process.
 
-    def __init__(self, tracking_uri: str) -> None:
+    Every request stays pending until the writer's reply confirms it. A writer that dies is
+    replaced once: the new one takes over the runs already created and is sent, in order,
+    every request not confirmed (a run that may already exist is looked up, not created
+    twice; MLflow takes a repeated metric, parameter or tag as the same). A second death sets
+    `lost`: from then on requests are dropped, and the search stops (see search.session).
+    """
+
+    def __init__(self, tracking_uri: str, *, log_dir: Path | None = None,
+                 replacements: int = 1) -> None:
+        self._uri = tracking_uri
+        self._log_dir = log_dir
+        self.replacements = replacements  # deaths a search survives
+        self._pending: dict[int, Request] = {}  # sent, not confirmed; in sending order
+        self._run_ids: dict[int, str] = {}  # run key -> id, as confirmed
+        self._seq = itertools.count()
+        self._tickets = itertools.count()
+        self._keys = itertools.count()
+        self._results: dict[int, tuple[Any, str | None]] = {}
+        self.errors: list[str] = []
+        self.deaths = 0  # deaths of a ready writer (not counting failed starts)
+        self.lost: str | None = None  # why tracking stopped, after the last allowed death
+        self.closed = False
+        self._generation = 0
+        self._failed_starts = 0
+        self._start()
+        # Runs at exit before multiprocessing's own exit handler, which was registered earlier
+        # (atexit runs handlers last-in first-out): a writer nobody closed drains and stops.
+        atexit.register(self._at_exit)
+
+    # -- the process ---------------------------------------------------------------------
+
+    def _start(self) -> None:
         # spawn, not fork: the search process has PyTorch's thread pools and SQLAlchemy
         # connections, which a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
@@ -156,24 +217,101 @@ class Writer:
         self._replies = context.Queue()
         # At exit, multiprocessing joins the thread that feeds the queue's pipe; with the writer
         # dead that thread blocks on a full pipe for ever, and the program never exits. Every
-        # orderly stop (close, or _stop at exit) joins the writer after it has read the queue
-        # to its end, so nothing is lost by not joining the feeder; a dead writer's requests
-        # are lost anyway.
+        # orderly stop joins the writer after it has read the queue to its end, so nothing is
+        # lost by not joining the feeder; what a dead writer did not confirm is sent again.
         self._requests.cancel_join_thread()
+        self._generation += 1
+        self.log = (self._log_dir / f"writer-{os.getpid()}-{self._generation}.log"
+                    if self._log_dir is not None else None)
+        self._ready = False
         self._process = context.Process(
-            target=_serve, args=(tracking_uri, self._requests, self._replies, os.getpid()),
-            name="mlflow-writer", daemon=False,
+            target=_serve, name="mlflow-writer", daemon=False,
+            args=(self._uri, self._requests, self._replies, os.getpid(),
+                  str(self.log) if self.log else None, dict(self._run_ids)),
         )
         self._process.start()
-        # Runs at exit before multiprocessing's own exit handler, which was registered earlier
-        # (atexit runs handlers last-in first-out). A partial per writer: unregister by identity.
-        self._at_exit = functools.partial(_stop, self._requests, self._process)
-        atexit.register(self._at_exit)
-        self._tickets = itertools.count()
-        self._keys = itertools.count()
-        self._results: dict[int, tuple[Any, str | None]] = {}
-        self.errors: list[str] = []
-        self.closed = False
+        for request in self._pending.values():  # in order; a run perhaps made is looked up
+            seq, ticket, what, key, fn, args, kwargs = request
+            self._requests.put((seq, ticket, what, key,
+                                find_or_create_run if fn is create_run else fn, args, kwargs))
+
+    def _died(self) -> str:
+        """Why the writer process ended, for a warning: its exit status and its log."""
+        code = self._process.exitcode
+        why = f"the process exited with status {code}" if code is None or code >= 0 else \
+            f"the process was killed by signal {-code}"
+        if not self._ready:
+            why += " before it was ready"
+        if self.log is not None:
+            started = self.log.exists()
+            why += (f" (its output: {self.log})" if started and self.log.stat().st_size else
+                    " (nothing in its log)" if started else
+                    " (it never ran: multiprocessing's spawn exits 255, silently, when the "
+                    "exec of a new Python fails)" if code == 255 else
+                    " (no output file: it ended before it could open one)")
+        return why
+
+    def _check(self) -> None:
+        """Replace a writer that died (once); after that, tracking is lost."""
+        if self.lost is not None or self._process.is_alive():
+            return
+        self._take_replies(self._replies, block=False)  # what it confirmed before it died
+        if self._process.is_alive() or self.closed:
+            return
+        why = self._died()
+        if not self._ready and self._failed_starts + 1 < START_ATTEMPTS:
+            self._failed_starts += 1  # a start-up failure, not a lost writer: start it again
+            self._restart(why, f"MLflow writer: {why}; started again")
+            return
+        self.deaths += 1
+        if self.deaths > self.replacements:
+            self._give_up(f"the MLflow writer died{' again' if self.deaths > 1 else ''}: {why}")
+            return
+        unconfirmed = len(self._pending)
+        self._restart(why, f"MLflow writer: {why}; a new writer took over" + (
+            f" and was sent again the {unconfirmed} writes not confirmed" if unconfirmed else ""))
+
+    def _restart(self, why: str, news: str) -> None:
+        self._forget_log()
+        try:
+            self._start()
+        except Exception as e:  # noqa: BLE001 - tracking never stops a search by raising
+            self._give_up(f"the MLflow writer died: {why}; a new one could not start: "
+                          f"{type(e).__name__}: {e}")
+            return
+        self.errors.append(news)
+
+    def _give_up(self, why: str) -> None:
+        self.lost = why
+        self.errors.append(f"{why}; tracking stopped")
+        self._pending.clear()
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _take(self, reply: Reply) -> None:
+        seq, ticket, result, error = reply
+        if seq == READY:
+            self._ready = True
+            return
+        request = self._pending.pop(seq, None)
+        if request is not None and request[4] in CREATES and error is None \
+                and request[3] is not None:
+            self._run_ids[request[3]] = str(result)
+        if error is not None:
+            self.errors.append(error)
+        if ticket is not None:
+            self._results[ticket] = (result, error)
+
+    def _take_replies(self, replies: Any, *, block: bool, timeout: float = 1.0) -> None:
+        """Take every reply there is (waiting up to `timeout` for the first when `block`)."""
+        try:
+            self._take(replies.get(timeout=timeout) if block else replies.get_nowait())
+            while True:
+                self._take(replies.get_nowait())
+        except queue.Empty:
+            return
+
+    # -- the search process's side -------------------------------------------------------
 
     def new_key(self) -> int:
         return next(self._keys)
@@ -184,16 +322,17 @@ class Writer:
         if self.closed:
             raise RuntimeError("the MLflow writer is closed")
         ticket = next(self._tickets) if reply else None
-        self._requests.put((ticket, what, key, fn, args, kwargs))
+        self._take_replies(self._replies, block=False)  # frees confirmed requests
+        self._check()
+        if self.lost is not None:
+            return ticket  # dropped: search.sync rebuilds the runs from Optuna's record
+        request: Request = (next(self._seq), ticket, what, key, fn, args, kwargs)
+        self._pending[request[0]] = request
+        self._requests.put(request)
         return ticket
 
-    def _lost(self, why: str) -> None:
-        message = f"MLflow writer: {why}; tracking stopped, the search goes on"
-        if message not in self.errors:
-            self.errors.append(message)
-
     def result(self, ticket: int, *, timeout: float = 600.0) -> Any:
-        """Wait for a ticket's result; None when that write failed or the writer is gone.
+        """Wait for a ticket's result; None when that write failed or tracking is lost.
 
         Tracking never stops a search: a dead or stuck writer is reported in `errors`.
         """
@@ -201,33 +340,19 @@ class Writer:
         while ticket not in self._results:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._lost(f"no answer in {timeout:.0f}s")
+                self.errors.append(f"MLflow writer: no answer in {timeout:.0f}s")
                 return None
-            if not self._process.is_alive() and self._replies.empty():
-                self._lost(f"the process exited with status {self._process.exitcode}")
+            self._check()
+            if self.lost is not None:
                 return None
-            try:
-                got, result, error = self._replies.get(timeout=min(remaining, 1.0))
-            except queue.Empty:
-                continue
-            if got == _ERROR:
-                self.errors.append(error)
-            else:
-                self._results[got] = (result, error)
+            self._take_replies(self._replies, block=True, timeout=min(remaining, 1.0))
         return self._results.pop(ticket)[0]
 
     def ready(self, ticket: int) -> bool:
         """Whether a ticket's result has arrived, without waiting."""
-        while ticket not in self._results:
-            try:
-                got, result, error = self._replies.get_nowait()
-            except queue.Empty:
-                return False
-            if got == _ERROR:
-                self.errors.append(error)
-            else:
-                self._results[got] = (result, error)
-        return True
+        if ticket not in self._results:
+            self._take_replies(self._replies, block=False)
+        return ticket in self._results or self.lost is not None
 
     def flush(self, *, timeout: float = 600.0) -> None:
         """Wait until everything sent so far is written."""
@@ -239,10 +364,28 @@ class Writer:
         if self.closed:
             return
         atexit.unregister(self._at_exit)
-        self.flush()
-        self._requests.put(None)
-        self._process.join(timeout=60)
-        if self._process.is_alive():
-            self._lost("did not stop")
-            self._process.kill()
+        if self.lost is None:
+            self.flush()
         self.closed = True
+        self._halt()
+        self._forget_log()
+
+    def _forget_log(self) -> None:
+        """Remove the writer's output file if it is empty: only a log with news is kept."""
+        if self.log is not None and self.log.exists() and not self.log.stat().st_size:
+            self.log.unlink()
+
+    def _halt(self) -> None:
+        """Let the writer drain its queue and stop; kill it if it does not."""
+        if self._process.is_alive():
+            self._requests.put(None)
+            self._process.join(timeout=60)
+        if self._process.is_alive():
+            self.errors.append("MLflow writer: did not stop")
+            self._process.kill()
+
+    def _at_exit(self) -> None:
+        """A program that never called `close` (an exception on the way) must not hang at
+        exit: multiprocessing's exit handler waits for the writer, which waits for requests."""
+        self.closed = True
+        self._halt()
