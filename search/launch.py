@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from search import recovery
 from search.display import ProgressDisplay
-from search.errors import EXIT_DEVICE_FAILED
+from search.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
 from search.session import MEMORY_FRACTION_ENV, Search
 
 T = TypeVar("T")
@@ -111,6 +111,7 @@ class Stop(Exception):
 class Outcome:
     stopped: int | None = None  # the signal that stopped the launcher
     bad_input: list[str] | None = None  # the error lines of workers that exited with 2
+    untracked: list[str] | None = None  # those of workers whose MLflow writer died twice
 
 
 def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
@@ -119,12 +120,13 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
     """Run the workers until the study has its budget or they stop.
 
     A worker that dies, or stops because its GPU failed (a sticky CUDA error), is replaced;
-    one that exits on bad input is not, and its error line is returned. `warn` shows what
+    one that exits on bad input, or because its MLflow tracking was lost, is not, and its
+    error line is returned. `warn` shows what
     happened to a worker, as it happens.
     """
     workers = [Worker(i, {**os.environ, **plan}, log_dir / f"worker-{i}.log")
                for i, plan in enumerate(plans)]
-    outcome = Outcome(bad_input=[])
+    outcome = Outcome(bad_input=[], untracked=[])
     seen = {t.number for t in search.study.get_trials(deepcopy=False, states=DONE)}
     respawns = 3 * len(workers)
 
@@ -149,6 +151,11 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
                 if code == EXIT_BAD_INPUT:
                     assert outcome.bad_input is not None
                     outcome.bad_input.append(f"worker {worker.index}: {line}")
+                    continue
+                if code == EXIT_TRACKING_LOST:
+                    assert outcome.untracked is not None
+                    outcome.untracked.append(f"worker {worker.index}: {line}")
+                    warn(f"worker {worker.index} stopped: {line}")
                     continue
                 if code == EXIT_DEVICE_FAILED:
                     warn(f"worker {worker.index} stopped: {line}")

@@ -1,8 +1,9 @@
 """`python -m search.run --study NAME`: run (or resume) a study's search, tracked in MLflow.
 
 Exit status: 0 when the study has its budget of finished trials, 1 when it stopped short (a
-timeout or too many failures: run the same command again to go on), 2 for bad input, 130 when
-interrupted.
+timeout or too many failures: run the same command again to go on), 2 for bad input, 3 when the
+GPU failed for good, 4 when MLflow tracking was lost (its writer died twice; `search.sync`
+rebuilds the runs from Optuna's record), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     from rich.console import Console
 
     from search.display import ProgressDisplay, leaderboard, state_summary
-    from search.errors import DeviceFailed
+    from search.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
     from search.launch import Outcome, launch, physical_gpus, plan_workers
     from search.session import open_search
     from search.stores import ui_command
@@ -178,7 +179,7 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except DeviceFailed:
+    except (DeviceFailed, TrackingLost):
         status = "FAILED"
         raise
     finally:
@@ -198,6 +199,14 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
         return 128 + outcome.stopped
     for line in outcome.bad_input or ():
         print(f"{PROG}: error: {line}", file=sys.stderr)
+    for line in outcome.untracked or ():
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+    if search.untracked != 0:
+        print(f"{PROG}: error: MLflow could not be checked against Optuna's record as the search "
+              f"ended (see the warning above): run python -m search.sync --study {name} once "
+              f"the tracking store answers", file=sys.stderr)
+    if outcome.untracked or search.untracked != 0:
+        return EXIT_TRACKING_LOST
     if finished < search.budget and outcome.bad_input:
         return 2
     if finished < search.budget:
@@ -231,7 +240,7 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
 
 def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
     """One worker of a launcher: trials until the budget; the launcher shows the progress."""
-    from search.errors import DeviceFailed
+    from search.errors import DeviceFailed, TrackingLost
     from search.session import open_search
 
     search = open_search(**options, owner=False, worker=worker)
@@ -241,7 +250,7 @@ def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except DeviceFailed:
+    except (DeviceFailed, TrackingLost):
         status = "FAILED"
         raise
     finally:

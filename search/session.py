@@ -23,7 +23,7 @@ from objectives.data import Task
 from objectives.errors import InputError
 from search import recovery
 from search import stores as stores_module
-from search.errors import DeviceFailed, UsageError
+from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.storage import open_storage
 from search.study import (
     FINISHED,
@@ -78,6 +78,7 @@ def visible_gpus() -> list[str]:
 # Set by a launcher for workers that share a GPU: the share of its memory each may take, so
 # that a trial too large for its share fails in its own process, not in a neighbour's.
 MEMORY_FRACTION_ENV = "FINETUNE_SEARCH_GPU_MEMORY_FRACTION"
+SETTLE_SECONDS = 30.0  # another node's trial this recent may still be being written by its writer
 
 
 def limit_gpu_memory(device: str) -> None:
@@ -127,6 +128,9 @@ class Search:
     metrics: tuple[str, ...] = ()  # the values a trial returns (more than one: multi-objective)
     checkpoint_seconds: float = 30.0
     teacher: Any = None  # a distilling study's teacher (uint8 images to logits), on the CPU
+    # After close: finished trials without an MLflow run (0), or None when that could not be
+    # checked (the tracking store did not answer).
+    untracked: int | None = 0
 
     @property
     def epochs(self) -> int:
@@ -162,7 +166,7 @@ class Search:
         limit_gpu_memory(self.device)
         self.study.optimize(
             runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-            callbacks=[*callbacks, failures,
+            callbacks=[*callbacks, failures, self._stop_untracked,
                        optuna.study.MaxTrialsCallback(self.budget, states=FINISHED)],
             # A failed or pruned trial's memory is freed by the runner itself (see
             # objectives.failures.free_after): a full collection per trial is not needed.
@@ -172,6 +176,17 @@ class Search:
             raise DeviceFailed(f"{runner.broken}; this process cannot use the GPU again: run "
                                "the same command again to go on (a launcher's workers are "
                                "replaced on their own)")
+        if self.tracker.lost is not None:
+            raise TrackingLost(
+                f"{self.tracker.lost}; the search stopped rather than run trials that nobody "
+                "tracks (their MLflow runs are rebuilt from Optuna's record as it ends, or by "
+                f"python -m search.sync --study {self.study.study_name}); run the same command "
+                "again to go on")
+
+    def _stop_untracked(self, study: optuna.Study, _: FrozenTrial) -> None:
+        """Start no trial once MLflow tracking is lost (the writer died twice)."""
+        if self.tracker.lost is not None:
+            study.stop()
 
     def fail_lost_trials(self) -> list[int]:
         """Fail (and queue retries of) RUNNING trials whose worker on this host is gone."""
@@ -179,12 +194,47 @@ class Search:
                                          on_lost=self.tracker.end_lost_run)
 
     def close(self, *, status: str = "FINISHED") -> list[str]:
-        """End the parent run with a summary, write everything queued; returns tracking errors."""
+        """Write everything queued, make MLflow whole (see `_sync`), end the parent run with a
+        summary; returns tracking errors. `untracked` then counts finished trials without a run.
+        """
         if self.owner:
+            self.tracker.flush()
+            self._sync()
             self.tracker.end_study_run(self.parent_run_id, status=status,
                                        metrics=_summary(self.study), tags=self.run_tags)
         self.tracker.close()
         return list(self.tracker.errors)
+
+    def _sync(self) -> None:
+        """Give every finished trial its MLflow run, from Optuna's record (search.sync): a
+        writer that died left some unwritten, or left a run RUNNING.
+
+        This host's trials are settled (its writers are flushed and its workers have exited);
+        another node's that finished moments ago are left to that node, whose writer may still
+        be writing them.
+        """
+        from search.sync import FINISHED as DONE
+        from search.sync import sync_study
+
+        host = f"{socket.gethostname()}:"
+        local = [t.number for t in self.study.get_trials(deepcopy=False, states=DONE)
+                 if str(t.user_attrs.get(recovery.WORKER, "")).startswith(host)]
+        try:
+            report = sync_study(self.study, self.tracker.client,
+                                experiment_id=self.tracker.experiment_id,
+                                parent_run_id=self.parent_run_id, metrics=self.metrics,
+                                settle_seconds=SETTLE_SECONDS, fresh=local)
+        except Exception as e:  # noqa: BLE001 - the store is away: say so, count them all
+            self.untracked = None
+            first = str(e).splitlines()[0] if str(e) else ""
+            self.tracker.errors.append("MLflow: rebuilding runs from Optuna's record failed: "
+                                       f"{type(e).__name__}: {first}")
+            return
+        self.untracked = 0
+        if report.rebuilt or report.ended:
+            self.tracker.errors.append(
+                f"MLflow: {report.line().split('; ', 1)[1]} from Optuna's record (rebuilt runs "
+                "have no artifacts)")
 
 
 def open_search(
@@ -290,7 +340,8 @@ def open_search(
     optuna_study.set_user_attr("budget", budget)
     try:
         tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
-                          artifact_location=stores.artifact_location)
+                          artifact_location=stores.artifact_location,
+                          log_dir=stores.log_dir / name if stores.log_dir else None)
     except Exception as e:  # any store or server error, as one line
         reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__,
                            stores.tracking_uri)
