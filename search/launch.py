@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from search.session import MEMORY_FRACTION_ENV, Search
 T = TypeVar("T")
 
 POLL_SECONDS = 0.5
+STALE_CHECK_SECONDS = 5.0  # how often the launcher looks for trials whose worker stopped beating
 STOP_GRACE_SECONDS = 60.0  # after SIGTERM, the time workers get to checkpoint and stop
 DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 EXIT_BAD_INPUT = 2
@@ -129,6 +131,7 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
     outcome = Outcome(bad_input=[], untracked=[])
     seen = {t.number for t in search.study.get_trials(deepcopy=False, states=DONE)}
     respawns = 3 * len(workers)
+    next_stale_check = 0.0
 
     def on_signal(signum: int, _frame: object) -> None:
         raise Stop(signum)
@@ -165,6 +168,9 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
                     worker.handled = False
                     worker.start(argv)  # a replacement takes its place (and the retries)
             _unless_storage_down(lambda: _show_new(search, display, seen))
+            if time.monotonic() >= next_stale_check:  # another node's lost trials, too
+                _unless_storage_down(functools.partial(_fail_stale, search))
+                next_stale_check = time.monotonic() + STALE_CHECK_SECONDS
         _show_new(search, display, seen)
         return outcome
     except Stop as stop:
@@ -196,7 +202,14 @@ def _unless_storage_down(read: Callable[[], T]) -> T | None:
 def _fail_trials_of(search: Search, workers: Sequence[Worker]) -> list[int]:
     ids = {recovery.worker_id(w.pid) for w in workers if w.process is not None}
     return recovery.fail_lost_trials(search.study, lost=ids.__contains__,
-                                     on_lost=search.tracker.end_lost_run)
+                                     on_lost=search.end_lost_run)
+
+
+def _fail_stale(search: Search) -> None:
+    """Fail (and retry) the trials whose worker stopped beating: a node that died whole."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(search.study)
 
 
 def _stop(workers: Sequence[Worker], search: Search) -> None:

@@ -1,39 +1,58 @@
 """No trial lost: a lost or interrupted trial is failed with its reason and retried, and the
 retry resumes from the trial's last per-epoch checkpoint.
 
-Optuna's heartbeat finds trials whose worker stopped beating, on RDB storages only; the journal
-(file or Redis) has none. So a trial also records which worker runs it (host and process id),
-and a launcher that sees its worker die, or a search that starts on the same host, fails that
-worker's RUNNING trials itself. Either way Optuna's `RetryFailedTrialCallback` adds the retry,
-with the lost trial's parameters and intermediate values.
+Optuna's heartbeat finds trials whose worker stopped beating, from any node (on an RDB by
+Optuna, on the journal by search.heartbeat). Sooner than that, a trial records which worker runs
+it (node and process id), and a launcher that sees its worker die, or a search that starts on
+the same node, fails that worker's RUNNING trials itself. Either way Optuna's
+`RetryHeartbeatStaleTrialCallback` adds the retry, with the lost trial's parameters and
+intermediate values.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-WORKER = "worker"  # user attribute: "host:pid" of the process running the trial
+WORKER = "worker"  # user attribute: "node:pid" of the process running the trial
+NODE_ENV = "FINETUNE_SEARCH_NODE"
 MAX_RETRY = 3  # retries of one trial; a trial that kills its worker every time stops there
 LOST = "worker lost"
 INTERRUPTED = "interrupted"
 
-OnLost = Callable[[FrozenTrial, str], None]  # (the failed trial, reason): end its MLflow run
+# (the failed trial, the reason, the number of its retry or None): end its MLflow run
+OnLost = Callable[[FrozenTrial, str, "int | None"], None]
+
+
+def node() -> str:
+    """This node's name in worker ids: $FINETUNE_SEARCH_NODE, or else the host name (set it
+    where nodes share a host name, as containers on one host may)."""
+    return os.environ.get(NODE_ENV) or socket.gethostname()
 
 
 def worker_id(pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
+    return f"{node()}:{pid or os.getpid()}"
 
 
-def retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a retry of `trial` (same parameters and intermediate values, WAITING)."""
-    RetryFailedTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)(study, trial)
+def retry(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    """Queue a retry of `trial` (same parameters and intermediate values, WAITING); returns
+    its number, or None when the trial has had its MAX_RETRY retries."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, and the one not deprecated
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY,
+                                                    inherit_intermediate_values=True)
+    callback(study, trial)
+    for queued in reversed(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        if queued.system_attrs.get("retry_history", [])[-1:] == [trial.number]:
+            return queued.number
+    return None
 
 
 def frozen(trial: optuna.Trial) -> FrozenTrial:
@@ -56,7 +75,7 @@ def checkpoint_path(folder: Path, study_name: str, trial: FrozenTrial) -> Path:
 def local_worker_dead(worker: str) -> bool:
     """Whether `worker` ("host:pid") ran on this host and its process no longer exists."""
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != node() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -87,9 +106,9 @@ def fail_lost_trials(study: optuna.Study, *, lost: Callable[[str], bool],
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         frozen = storage.get_trial(trial._trial_id)
+        again = retry(study, frozen)
         if on_lost is not None:
-            on_lost(frozen, reason)
-        retry(study, frozen)
+            on_lost(frozen, reason, again)
         failed.append(trial.number)
     return failed
 
@@ -102,9 +121,10 @@ def stale_trial_callback(on_lost: Callable[[], OnLost | None]) -> Callable[
     opened before the MLflow tracker exists.
     """
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        again = retry(study, trial)
         handler = on_lost()
         if handler is not None:
-            handler(trial, f"{LOST} (no heartbeat)")
-        retry(study, trial)
+            handler(trial, str(trial.user_attrs.get("fail_reason") or f"{LOST} (no heartbeat)"),
+                    again)
 
     return callback

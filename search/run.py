@@ -63,8 +63,9 @@ def build_parser() -> Parser:
     group.add_argument("--trials-per-gpu", type=positive_int, default=1,
                        help="workers sharing each GPU (small trials pack well)")
     group.add_argument("--heartbeat", type=positive_int, default=30,
-                       help="seconds between Optuna heartbeats on an RDB storage; a trial "
-                            "silent for twice that is failed and retried (default 30)")
+                       help="seconds between a running trial's heartbeats (every storage); "
+                            "a trial silent for twice that, its node dead, is failed and "
+                            "retried by any other worker (default 30)")
     group.add_argument("--checkpoint-every", type=non_negative_float, default=30.0,
                        metavar="SECONDS",
                        help="save a running trial's state at most this often (default 30; 0 = "

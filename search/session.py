@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,7 +25,8 @@ from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.storage import open_storage
 from search.study import (
-    FINISHED,
+    Budget,
+    committed_count,
     finished_count,
     make_pruner,
     make_sampler,
@@ -131,6 +131,7 @@ class Search:
     # After close: finished trials without an MLflow run (0), or None when that could not be
     # checked (the tracking store did not answer).
     untracked: int | None = 0
+    recovered: set[int] = field(default_factory=set)  # trials this process failed as lost
 
     @property
     def epochs(self) -> int:
@@ -154,7 +155,12 @@ class Search:
 
         `n_trials` stops after that many more trials of this process (the benchmark's steps).
         """
-        if self.finished >= self.budget:
+        # Trials of a worker that stopped beating (RDB storages) must not hold the budget: fail
+        # and retry them now, as Optuna does itself before each trial it starts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        if committed_count(self.study) >= self.budget:
             return
         tags = device_tags(self.device)
         runner = TrialRunner(study=self.spec, task=self.task(), tracker=self.tracker,
@@ -166,8 +172,7 @@ class Search:
         limit_gpu_memory(self.device)
         self.study.optimize(
             runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-            callbacks=[*callbacks, failures, self._stop_untracked,
-                       optuna.study.MaxTrialsCallback(self.budget, states=FINISHED)],
+            callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget)],
             # A failed or pruned trial's memory is freed by the runner itself (see
             # objectives.failures.free_after): a full collection per trial is not needed.
             gc_after_trial=False,
@@ -191,7 +196,13 @@ class Search:
     def fail_lost_trials(self) -> list[int]:
         """Fail (and queue retries of) RUNNING trials whose worker on this host is gone."""
         return recovery.fail_lost_trials(self.study, lost=recovery.local_worker_dead,
-                                         on_lost=self.tracker.end_lost_run)
+                                         on_lost=self.end_lost_run)
+
+    def end_lost_run(self, trial: FrozenTrial, reason: str, retry: int | None) -> None:
+        """What this process does for a trial it failed as lost: end its MLflow run, and
+        remember it (its writer is gone: the sync as the search ends rebuilds what it lacks)."""
+        self.recovered.add(trial.number)
+        self.tracker.end_lost_run(trial, reason, retry)
 
     def close(self, *, status: str = "FINISHED") -> list[str]:
         """Write everything queued, make MLflow whole (see `_sync`), end the parent run with a
@@ -216,9 +227,10 @@ class Search:
         from search.sync import FINISHED as DONE
         from search.sync import sync_study
 
-        host = f"{socket.gethostname()}:"
+        host = f"{recovery.node()}:"
         local = [t.number for t in self.study.get_trials(deepcopy=False, states=DONE)
                  if str(t.user_attrs.get(recovery.WORKER, "")).startswith(host)]
+        local += self.recovered  # another node's, but that node is dead
         try:
             report = sync_study(self.study, self.tracker.client,
                                 experiment_id=self.tracker.experiment_id,
@@ -273,7 +285,7 @@ def open_search(
     name = name or (f"{spec.name}-distill" if teacher else spec.name)
     seed = spec.seed if seed is None else seed
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
-    lost_handler: list[Any] = []  # the tracker's, once it exists (see recovery)
+    lost_handler: list[Any] = []  # the search's, once it exists (see recovery)
     storage_obj = open_storage(
         stores.storage, heartbeat=heartbeat,
         on_stale=recovery.stale_trial_callback(lambda: lost_handler[0] if lost_handler else None),
@@ -322,7 +334,7 @@ def open_search(
     # seed by the trials already there (deterministic, and different on every resume); and
     # workers started together must not draw the same configs: offset by who they are.
     if worker is not None:
-        existing += zlib.crc32(f"{socket.gethostname()}:{worker}".encode()) % 1_000_003
+        existing += zlib.crc32(f"{recovery.node()}:{worker}".encode()) % 1_000_003
     optuna_study = open_study(
         name=name, storage=storage_obj, directions=directions,
         sampler=make_sampler(sampler, seed + existing),
@@ -364,12 +376,12 @@ def open_search(
         tags=run_tags,
     )
     optuna_study.set_user_attr("mlflow_parent_run_id", parent)
-    lost_handler.append(tracker.end_lost_run)
     search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
                     metrics=metrics,
                     parent_run_id=parent, budget=budget, settings=settings, options=options,
                     device=device, compile=compile, run_tags=run_tags, owner=owner,
                     checkpoint_seconds=checkpoint_every, teacher=teacher_model)
+    lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
 

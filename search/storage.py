@@ -9,10 +9,11 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial
 
 from search.errors import UsageError
+from search.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
 from search.urls import mask_text, mask_url
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
@@ -23,9 +24,10 @@ def open_storage(url: str, *, heartbeat: int | None = None,
                  ) -> BaseStorage:
     """The Optuna storage behind `url`: a journal file path, an RDB URL or a redis:// URL.
 
-    On an RDB, `heartbeat` (seconds) turns on Optuna's heartbeat: a trial whose worker stops
-    beating for twice that long is failed by the next worker that starts a trial, and
-    `on_stale` is called with it (to queue its retry). The journal has no heartbeat.
+    `heartbeat` (seconds) turns on Optuna's heartbeat: a trial whose worker stops beating for
+    twice that long is failed by the next worker that starts a trial (or a launcher's next
+    look), and `on_stale` is called with it (to queue its retry). Optuna beats on an RDB; on
+    the journal (a file, Redis) search.heartbeat adds the same protocol.
     """
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     try:
@@ -36,9 +38,10 @@ def open_storage(url: str, *, heartbeat: int | None = None,
             if heartbeat:
                 beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                         "heartbeat_stale_trial_callback": on_stale}
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+            return (HeartbeatRDBStorage if heartbeat else RDBStorage)(
+                url, engine_kwargs=engine_kwargs, **beat)
         if scheme in ("redis", "rediss"):
-            return JournalStorage(JournalRedisBackend(url))
+            return _journal(JournalRedisBackend(url), heartbeat, on_stale)
         if scheme:
             raise UsageError(
                 f"unsupported storage URL {mask_url(url)!r}: use a journal file path, "
@@ -48,7 +51,7 @@ def open_storage(url: str, *, heartbeat: int | None = None,
         if path.is_dir():
             raise UsageError(f"storage {url!r} is a folder: give a journal file path inside it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return _journal(JournalFileBackend(str(path)), heartbeat, on_stale)
     except UsageError:
         raise
     except ImportError as e:
@@ -59,6 +62,13 @@ def open_storage(url: str, *, heartbeat: int | None = None,
             f"cannot open storage {mask_url(url)!r}: {reason} (check the URL and that the "
             "server is reachable)"
         ) from None
+
+
+def _journal(backend: BaseJournalBackend, heartbeat: int | None,
+             on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> JournalStorage:
+    if not heartbeat:
+        return JournalStorage(backend)
+    return HeartbeatJournalStorage(backend, heartbeat=heartbeat, on_stale=on_stale)
 
 
 def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:

@@ -90,3 +90,25 @@ def state_counts(study: optuna.Study) -> Counter[str]:
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def committed_count(study: optuna.Study) -> int:
+    """Trials finished or running: what the budget has already been given to."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+
+class Budget:
+    """A study callback: start no trial once the finished and running trials reach `budget`.
+
+    Optuna's MaxTrialsCallback counts finished trials only, so with K workers every worker
+    running a trial when the budget is met finishes one more (6 workers, --trials 36: 41).
+    Counting the running ones too, `--trials N` finishes N trials unless some fail (a failed
+    one does not count: a worker still going runs another, or its queued retry).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if committed_count(study) >= self.budget:
+            study.stop()

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import recovery
 from search.cli import Parser, invoke, non_negative_float, store_parser
 from search.errors import UsageError
-from search.tracking import MAX_PARAM_LENGTH
+from search.tracking import MAX_PARAM_LENGTH, end_lost_run
 from search.urls import mask_text, mask_url
 
 PROG = "search.sync"
@@ -131,7 +131,9 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
     try:
         lost = recovery.fail_lost_trials(
             found, lost=recovery.local_worker_dead,
-            on_lost=lambda trial, reason: end_lost_run(client, trial, reason, warnings))
+            on_lost=lambda trial, reason, retry: _note(
+                warnings, end_lost_run(client, experiment.experiment_id if experiment else None,
+                                       trial, reason, retry)))
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(
             name, artifact_location=stores.artifact_location)
         parent, rebuilt = find_parent(found, client, experiment_id, metrics=metrics,
@@ -145,18 +147,6 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
                          f"{mask_text(_first_line(e), stores.tracking_uri)}") from None
     report.lost, report.parent_rebuilt, report.warnings = lost, rebuilt, warnings
     return report
-
-
-def end_lost_run(client: MlflowClient, trial: FrozenTrial, reason: str,
-                 warnings: list[str]) -> None:
-    """End a lost trial's MLflow run FAILED if it is RUNNING (as Tracker.end_lost_run does)."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    try:
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
-            _log(client, run_id, tags={"optuna.state": "FAIL", "optuna.fail_reason": reason})
-            client.set_terminated(run_id, status="FAILED")
-    except MlflowException as e:  # never raised: the lost trial's retry must still be queued
-        warnings.append(f"ending lost run {run_id} failed: {_first_line(e)}")
 
 
 def find_parent(study: optuna.Study, client: MlflowClient, experiment_id: str, *,
@@ -221,6 +211,8 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
         if tag.isdigit():
             runs.setdefault(int(tag), []).append(run)
     report = SyncReport(study.study_name, finished=len(trials), settle_seconds=settle_seconds)
+    retries = {t.system_attrs["retry_history"][-1]: t.number  # retried trial -> its retry
+               for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")}
     for number, trial in sorted(trials.items()):
         done = trial.datetime_complete
         if (number not in fresh and done is not None
@@ -234,22 +226,24 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
                 runs[number] = [linked]
                 report.moved.append(number)
         if number not in runs:
-            _rebuild(client, study.study_name, trial, experiment_id, parent_run_id, metrics)
+            _rebuild(client, study.study_name, trial, experiment_id, parent_run_id, metrics,
+                     retries)
             report.rebuilt.append(number)
             continue
         for run in runs[number]:
             if run.info.status == "RUNNING":
-                _complete(client, run, trial, metrics)
+                _complete(client, run, trial, metrics, retries)
                 report.ended.append(number)
     return report
 
 
 def _rebuild(client: MlflowClient, name: str, trial: FrozenTrial, experiment_id: str,
-             parent: str, metrics: tuple[str, ...]) -> None:
+             parent: str, metrics: tuple[str, ...], retries: dict[int, int]) -> None:
     """The run of a trial that has none: as its live writer made it, less what Optuna lacks."""
     tags = {"mlflow.parentRunId": parent, "optuna.trial_number": str(trial.number),
             "optuna.study_name": name,
-            **_state_tags(trial), "search.backfilled": "true", "search.artifacts": NO_ARTIFACTS}
+            **_state_tags(trial, retries), "search.backfilled": "true",
+            "search.artifacts": NO_ARTIFACTS}
     first = recovery.retry_of(trial)
     if first is not None:
         tags["search.retry_of_trial"] = str(first)
@@ -262,7 +256,7 @@ def _rebuild(client: MlflowClient, name: str, trial: FrozenTrial, experiment_id:
 
 
 def _complete(client: MlflowClient, run: Run, trial: FrozenTrial,
-              metrics: tuple[str, ...]) -> None:
+              metrics: tuple[str, ...], retries: dict[int, int]) -> None:
     """End a run its writer left RUNNING, with what Optuna has that the run lacks: the
     parameters, the per-epoch objective values, the final values and the state."""
     run_id = run.info.run_id
@@ -272,12 +266,14 @@ def _complete(client: MlflowClient, run: Run, trial: FrozenTrial,
     final = [m for m in _final(trial, metrics) if m.key not in run.data.metrics]
     _log(client, run_id,
          params={k: v for k, v in trial.params.items() if k not in run.data.params},
-         metrics=epochs + final, tags={**_state_tags(trial), "search.ended_by": PROG})
+         metrics=epochs + final, tags={**_state_tags(trial, retries), "search.ended_by": PROG})
     client.set_terminated(run_id, status=_status(trial), end_time=_ms(trial.datetime_complete))
 
 
-def _state_tags(trial: FrozenTrial) -> dict[str, str]:
+def _state_tags(trial: FrozenTrial, retries: dict[int, int]) -> dict[str, str]:
     tags = {"optuna.state": trial.state.name}
+    if trial.number in retries:  # as search.tracking.end_lost_run links a lost trial
+        tags["search.retried_by_trial"] = str(retries[trial.number])
     if trial.state == TrialState.FAIL:
         tags["optuna.fail_reason"] = str(trial.user_attrs.get("fail_reason") or "unknown")
     if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned_epoch") is not None:
@@ -337,6 +333,11 @@ def _get_run(client: MlflowClient, run_id: str | None, experiment_id: str) -> Ru
 
 def _ms(when: datetime | None) -> int:
     return int((when or datetime.now()).timestamp() * 1000)
+
+
+def _note(warnings: list[str], warning: str | None) -> None:
+    if warning is not None:
+        warnings.append(warning)
 
 
 def _first_line(error: object) -> str:

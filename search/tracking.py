@@ -131,19 +131,11 @@ class Tracker:
         )
         self.client.set_terminated(run_id, status=status)
 
-    def end_lost_run(self, trial: FrozenTrial, reason: str) -> None:
+    def end_lost_run(self, trial: FrozenTrial, reason: str, retry: int | None = None) -> None:
         """End the MLflow run of a trial whose worker was lost, if it is still RUNNING."""
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if not run_id:
-            return
-        try:
-            if self.client.get_run(run_id).info.status != "RUNNING":
-                return
-            self.client.log_batch(run_id, tags=_tags({"optuna.state": "FAIL",
-                                                      "optuna.fail_reason": reason}))
-            self.client.set_terminated(run_id, status="FAILED")
-        except MlflowException as e:  # recorded, never raised: the retry matters more
-            self.writer.errors.append(f"MLflow: ending lost run {run_id} failed: {e}")
+        error = end_lost_run(self.client, self.experiment_id, trial, reason, retry)
+        if error is not None:  # recorded, never raised: the retry matters more
+            self.writer.errors.append(error)
 
     # -- trial runs -------------------------------------------------------------------------
 
@@ -231,6 +223,39 @@ class TrialRun:
             self.writer.send("log artifacts", _log_artifacts, self._artifacts, key=self.key)
         self.writer.send("end run", _end_run, status, key=self.key)
         self._buffer, self._artifacts = [], {}
+
+
+def end_lost_run(client: MlflowClient, experiment_id: str | None, trial: FrozenTrial,
+                 reason: str, retry: int | None = None) -> str | None:
+    """End FAILED, with `reason`, the RUNNING run of a trial whose worker was lost, tagged with
+    the number of its retry; returns what went wrong, if anything.
+
+    The run is the one the trial holds the id of, or else (its worker died before Optuna held
+    the id: the writer died with it) the RUNNING run of the experiment tagged with the trial's
+    number.
+    """
+    number = str(trial.number)
+    try:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        # A retry starts with a copy of the lost trial's run id: only its own counts.
+        runs = [client.get_run(run_id)] if run_id else []
+        runs = [r for r in runs if r.data.tags.get("optuna.trial_number") == number]
+        if not runs and experiment_id is not None:
+            runs = list(client.search_runs(
+                [experiment_id], max_results=10,
+                filter_string=f"tags.`optuna.trial_number` = '{number}' and "
+                              "attributes.status = 'RUNNING'"))
+        for run in runs:
+            if run.info.status != "RUNNING":
+                continue
+            tags = {"optuna.state": "FAIL", "optuna.fail_reason": reason}
+            if retry is not None:
+                tags["search.retried_by_trial"] = str(retry)
+            client.log_batch(run.info.run_id, tags=_tags(tags))
+            client.set_terminated(run.info.run_id, status="FAILED")
+    except MlflowException as e:
+        return f"MLflow: ending the run of lost trial {number} failed: {e}"
+    return None
 
 
 # -- what the writer process runs: fn(client, run_id, ...) ------------------------------------
