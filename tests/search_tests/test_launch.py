@@ -158,3 +158,30 @@ def test_a_worker_whose_gpu_failed_is_replaced(
     assert warnings == ["worker 0 stopped: search.run: error: CUDA error, the worker's CUDA "
                         "context is broken: an illegal memory access"]
     assert outcome.bad_input == [] and outcome.stopped is None
+
+
+def test_a_worker_that_lost_its_tracking_is_not_replaced(
+    digits_search: Search, workdir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose MLflow writer died twice (exit status 4, its one line) is not replaced:
+    a new one would meet the same tracking store; the launcher reports the line."""
+    starts: list[int] = []
+    line = ("search.run: error: the MLflow writer died again: the process was killed by "
+            "signal 9; the search stopped rather than run trials that nobody tracks")
+
+    def start(worker: Worker, argv: Sequence[str]) -> None:
+        starts.append(worker.index)
+        worker.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(worker.log, "ab") as log:
+            worker.process = subprocess.Popen(
+                [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr); "
+                                       "sys.exit(4)"], stdout=log, stderr=subprocess.STDOUT)
+
+    monkeypatch.setattr(Worker, "start", start)
+    warnings: list[str] = []
+    display = ProgressDisplay(Console(file=io.StringIO()), budget=2, finished=0, metric="m")
+    outcome = launch(digits_search, [], plan_workers(workers=1, gpus=None, trials_per_gpu=1),
+                     display, log_dir=workdir / "logs", warn=warnings.append)
+    assert starts == [0]  # not started again
+    assert warnings == [f"worker 0 stopped: {line}"]
+    assert outcome.untracked == [f"worker 0: {line}"]
