@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +168,8 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
                     worker.start(argv)  # a replacement takes its place (and the retries)
             _unless_storage_down(lambda: _show_new(search, display, seen))
             if time.monotonic() >= next_stale_check:  # another node's lost trials, too
-                _unless_storage_down(functools.partial(_fail_stale, search))
+                _unless_storage_down(functools.partial(recovery.fail_stale_trials,
+                                                       search.study))
                 next_stale_check = time.monotonic() + STALE_CHECK_SECONDS
         _show_new(search, display, seen)
         return outcome
@@ -203,13 +203,6 @@ def _fail_trials_of(search: Search, workers: Sequence[Worker]) -> list[int]:
     ids = {recovery.worker_id(w.pid) for w in workers if w.process is not None}
     return recovery.fail_lost_trials(search.study, lost=ids.__contains__,
                                      on_lost=search.end_lost_run)
-
-
-def _fail_stale(search: Search) -> None:
-    """Fail (and retry) the trials whose worker stopped beating: a node that died whole."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(search.study)
 
 
 def _stop(workers: Sequence[Worker], search: Search) -> None:

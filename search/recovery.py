@@ -113,6 +113,14 @@ def fail_lost_trials(study: optuna.Study, *, lost: Callable[[str], bool],
     return failed
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's callback, retry) the trials whose worker stopped
+    beating, as Optuna does before each trial it starts; nothing without a heartbeat."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def stale_trial_callback(on_lost: Callable[[], OnLost | None]) -> Callable[
         [optuna.Study, FrozenTrial], None]:
     """The heartbeat's callback: end the stale trial's MLflow run, then queue its retry.

@@ -157,9 +157,7 @@ class Search:
         """
         # Trials of a worker that stopped beating (RDB storages) must not hold the budget: fail
         # and retry them now, as Optuna does itself before each trial it starts.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        recovery.fail_stale_trials(self.study)
         if committed_count(self.study) >= self.budget:
             return
         tags = device_tags(self.device)
@@ -245,7 +243,7 @@ class Search:
         self.untracked = 0
         if report.rebuilt or report.ended:
             self.tracker.errors.append(
-                f"MLflow: {report.line().split('; ', 1)[1]} from Optuna's record (rebuilt runs "
+                f"MLflow: {report.changes()} from Optuna's record (rebuilt runs "
                 "have no artifacts)")
 
 

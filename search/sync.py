@@ -56,6 +56,11 @@ class SyncReport:
     def line(self) -> str:
         """One line that says what the sync did, e.g. "study 'digits': 20 finished trials;
         3 runs rebuilt, 1 run ended, parent run rebuilt"."""
+        return (f"study {self.study!r}: {_count(self.finished, 'finished trial')}; "
+                f"{self.changes() or 'nothing to do'}")
+
+    def changes(self) -> str:
+        """What the sync changed, e.g. "3 runs rebuilt, 1 run ended"; empty if nothing."""
         parts = [f"{_count(len(self.lost), 'lost trial')} failed"] if self.lost else []
         parts += [f"{_count(len(v), 'run')} {what}" for v, what in (
             (self.rebuilt, "rebuilt"), (self.ended, "ended"),
@@ -64,8 +69,7 @@ class SyncReport:
         if self.missing:
             parts.append(f"{_count(self.missing, 'trial')} finished less than "
                          f"{self.settle_seconds:g} s ago left for the next sync")
-        return (f"study {self.study!r}: {_count(self.finished, 'finished trial')}; "
-                f"{', '.join(parts) or 'nothing to do'}")
+        return ", ".join(parts)
 
 
 def _count(n: int, word: str) -> str:

@@ -42,6 +42,7 @@ ORPHAN_GRACE_SECONDS = 30.0  # time to write what was sent after the search proc
 LOCKED_ATTEMPTS = 10  # tries of a write that meets "database is locked": ~30 s of backoff
 MAX_ERROR_LENGTH = 1000  # of an error message in a reply (see Reply)
 START_ATTEMPTS = 3  # a writer that dies before it is ready is started again this often
+READY = -1  # the sequence number of the reply that says a writer is up
 
 
 def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int,
@@ -98,9 +99,6 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int,
             open_runs.pop(key, None)
         keep = ticket is not None or fn in CREATES  # a created run's id: for a replacement
         replies.put((seq, ticket, result if keep else None, error))
-
-
-READY = -1  # the sequence number of the reply that says a writer is up
 
 
 def _log_to(path: str) -> None:
