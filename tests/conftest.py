@@ -3,11 +3,19 @@
 Loaders and the weights API must never reach the internet from a test (CI has no network, and
 traffic may only go to loopback). Python's urllib, which torchvision and torch.hub download
 with, honours these variables; set here, at import, they also reach every subprocess.
+
+No test leaves a process running: see `pytest_runtest_call` below.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import pytest
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 
@@ -28,3 +36,62 @@ def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(timeout=10)
+
+
+# Every process a test starts, in-process writers and searches' workers included, inherits this
+# variable with the test's own value; what is still running after the test is stopped. A test
+# that fails on a timeout (`communicate(timeout=...)` raises and leaves the search running)
+# would otherwise leave a launcher and its workers training on every core, and the tests after
+# it slow down until they time out too. Servers that fixtures start run before it is set.
+TEST_PROCESS = "FINETUNE_SEARCH_TEST_PROCESS"
+LEFTOVER_GRACE_SECONDS = 3.0  # for processes on their way out (a writer draining its queue)
+
+
+def _marked(token: bytes) -> list[int]:
+    """Processes other than this one whose environment holds `TEST_PROCESS=token`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if token in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()[:120]
+    except OSError:
+        return "?"
+
+
+def _stop_leftovers(token: bytes, nodeid: str) -> None:
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while (left := _marked(token)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    commands = [f"{pid} {_command(pid)}" for pid in left]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    warnings.warn(f"{nodeid} left {len(left)} processes running, stopped: "
+                  + "; ".join(commands), stacklevel=1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    token = f"{os.getpid()}.{time.monotonic_ns()}"
+    os.environ[TEST_PROCESS] = token
+    try:
+        return (yield)
+    finally:
+        del os.environ[TEST_PROCESS]
+        _stop_leftovers(f"{TEST_PROCESS}={token}".encode(), item.nodeid)
