@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search.bench_data import cifar_arrays, fake_images, fake_labels, write_cifar
+from search.bench.data import cifar_arrays, fake_images, fake_labels, write_cifar
 
 # The CIFAR writer and the pixels of every writer are the product's (the GPU benchmark writes
 # its data with them): one definition of the format; re-exported here for the tests.

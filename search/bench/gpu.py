@@ -28,9 +28,9 @@ from typing import Any
 
 import optuna
 
-from search.bench_data import write_cifar, write_weights
-from search.bench_steps import TAIL_CHARS, Reader, Runner, Step, fmt
-from search.storage import open_storage
+from search.bench.data import write_cifar, write_weights
+from search.bench.steps import TAIL_CHARS, Reader, Runner, Step, fmt
+from search.optuna_storage import open_storage
 from search.study import state_counts
 
 REPORT_DIR = Path("mlruns") / "bench"
@@ -126,7 +126,7 @@ class Steps:
                 *more]
 
     def probe(self, step: str, probe: str, **kwargs: Any) -> list[str]:
-        return ["-m", "search.bench_steps", probe, json.dumps(kwargs), f"{step}.json"]
+        return ["-m", "search.bench.steps", probe, json.dumps(kwargs), f"{step}.json"]
 
     def read_probe(self, step: Step, output: str) -> dict[str, Any]:
         return dict(json.loads((self.work / f"{step.name}.json").read_text()))

@@ -1,10 +1,10 @@
-"""The steps of the GPU benchmark (`search.bench_gpu`): how each runs, what it runs on, and
+"""The steps of the GPU benchmark (`search.bench.gpu`): how each runs, what it runs on, and
 the measurements that are not search commands.
 
 - `Runner` runs each step as a child process with a time limit, within one budget, and records
   its outcome: a step that fails or runs out of time does not stop the next one.
-- The files it runs on (fake CIFAR-10, random weights) come from `search.bench_data`.
-- Probes, run as `python -m search.bench_steps NAME KWARGS_JSON OUT_JSON`: training throughput
+- The files it runs on (fake CIFAR-10, random weights) come from `search.bench.data`.
+- Probes, run as `python -m search.bench.steps NAME KWARGS_JSON OUT_JSON`: training throughput
   against a DataLoader loop, cuDNN autotuning off and on, GPU memory after many pruned trials,
   and a real out-of-memory trial, the last two through the search itself (`open_search`).
 """
@@ -155,9 +155,9 @@ def _stop(child: subprocess.Popen[bytes]) -> int:
 
 def throughput(*, device: str, backbone: str, resolution: int, batch_size: int, steps: int,
                warmup: int, rounds: int) -> dict[str, Any]:
-    """`search.bench_throughput`, its DataLoader with as many workers as this machine has
+    """`search.bench.throughput`, its DataLoader with as many workers as this machine has
     cores (pinned memory on CUDA), over random images: nothing to read from disk."""
-    from search.bench_throughput import throughput as measure
+    from search.bench.throughput import throughput as measure
 
     return measure(device=device, backbone=backbone, resolution=resolution,
                    batch_size=batch_size, steps=steps, warmup=warmup, rounds=rounds,

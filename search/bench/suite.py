@@ -6,9 +6,9 @@
    trained and best validation accuracy.
 3. quickstart: `python -m search.run --study digits` in a fresh folder (pretraining included).
 4. throughput: training images per second of `fine_tune` (uint8 data and augmentation on the
-   device) against a DataLoader + per-image PIL transforms loop (`search.bench_throughput`).
+   device) against a DataLoader + per-image PIL transforms loop (`search.bench.throughput`).
 5. workers: trials per minute of the digits study with 1 and with 2 worker processes.
-6. gpu: the GPU acceptance run (`search.bench_gpu`): throughput, a cifar10 search, refit,
+6. gpu: the GPU acceptance run (`search.bench.gpu`): throughput, a cifar10 search, refit,
    distillation, trials per GPU, memory after pruned trials, a real out-of-memory trial, cuDNN
    autotuning and --compile, each step time-limited; the report in mlruns/bench/gpu.md and
    gpu.json. With no --only it runs when a GPU is there; `--device cpu` runs it at toy sizes.
@@ -32,8 +32,8 @@ import spaces
 from objectives.train import fine_tune
 from search.cli import Parser, positive_float
 from search.errors import UsageError
+from search.optuna_storage import open_storage
 from search.session import open_search, pick_device, quiet_libraries
-from search.storage import open_storage
 from search.study import FINISHED
 from spaces import Settings
 
@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=12, help="trials per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the pruning comparison")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="FOLDER",
+                        help="real CIFAR-10 as JPEG folders (FOLDER/train/<class>/*.jpg) for "
+                             "the throughput section; default: random images")
     group = parser.add_argument_group("gpu section")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where the gpu section's steps run (auto: CUDA when present)")
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
                        help="time for all the gpu section's steps (default: the size's)")
     args = parser.parse_args(argv)
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        print(f"search.bench: error: --data-dir {args.data_dir} is not a folder: give the "
+              "folder of CIFAR-10 JPEGs, or leave it out for random images", file=sys.stderr)
+        return 2
     try:
         device = pick_device(args.device)
     except UsageError as e:
@@ -258,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quickstart: {q['seconds']:.0f}s, best val_accuracy {q['best']:.4f}  "
                   "[target <= 180s, >= 0.97]")
         if "throughput" in sections:
-            from search.bench_throughput import throughput
+            from search.bench.throughput import throughput
 
             print("throughput: resnet18 at 32x32, batch 256, ours vs DataLoader + PIL",
                   flush=True)
-            t = throughput(device="auto")
+            t = throughput(device="auto", data=args.data_dir)
             print(f"throughput ({t['device']}): ours {t['ours_images_per_s']:.0f} images/s, "
                   f"baseline {t['baseline_images_per_s']:.0f} images/s ({t['workers']} "
                   f"workers), ratio {t['ratio']:.2f}x  [GPU targets: >= 5x, >= 25,000 "
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
                   "[target >= 1.8x]")
         if "gpu" in sections:
-            from search.bench_gpu import run_gpu
+            from search.bench.gpu import run_gpu
 
             size = args.size if args.size != "auto" else "full" if device == "cuda" else "small"
             status = run_gpu(device=device, size=size, budget=args.budget,
@@ -287,5 +294,3 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-if __name__ == "__main__":
-    sys.exit(main())

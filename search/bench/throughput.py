@@ -1,4 +1,4 @@
-"""`python -m search.bench_throughput`: training images per second, ours against the usual loop.
+"""`python -m search.bench.throughput`: training images per second, ours against the usual loop.
 
 ours is `fine_tune` itself, timed by its own `images_per_second` over one epoch of `steps`
 batches; the baseline is a DataLoader whose Dataset runs torchvision's per-image PIL transforms,
@@ -30,7 +30,6 @@ from objectives.optim import build_optimizer
 from objectives.train import _autocast, fine_tune
 from search.cli import Parser
 
-SHARED_DATA = Path("/work/shared/data/cifar10-jpg")
 PER_CLASS = 500  # images read per class folder: 5,000 CIFAR-10 images, decoded before timing
 CLASSES = 10
 # (images per second, largest weight change in the timed steps, images in the timed steps)
@@ -119,7 +118,7 @@ def _baseline(config: TrialConfig, loader: DataLoader[Any], model: torch.nn.Modu
 def throughput(
     *, device: str, backbone: str = "resnet18", resolution: int = 32, batch_size: int = 256,
     steps: int = 30, warmup: int = 5, rounds: int = 3, images: torch.Tensor | None = None,
-    workers: int | None = None, data: Path | None = SHARED_DATA,
+    workers: int | None = None, data: Path | None = None,
 ) -> dict[str, Any]:
     """Median training images/s of ours and the baseline, their ratio, and the settings.
 
@@ -177,7 +176,7 @@ def throughput(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="search.bench_throughput",
+    parser = Parser(prog="search.bench.throughput",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--backbone", default="resnet18")
@@ -187,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int,
                         help=f"baseline DataLoader workers (default: one per core, "
                              f"{os.cpu_count() or 1} here)")
-    parser.add_argument("--data", type=Path, default=SHARED_DATA,
-                        help="folder of CIFAR-10 JPEGs (default: %(default)s, else random)")
+    parser.add_argument("--data", type=Path, default=None, metavar="FOLDER",
+                        help="CIFAR-10 JPEGs (FOLDER/train/<class>/*.jpg or FOLDER/<class>/"
+                             "*.jpg); default: random images")
     args = parser.parse_args(argv)
     r = throughput(device=args.device, backbone=args.backbone, resolution=args.resolution,
                    batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                    rounds=args.rounds, workers=args.workers, data=args.data)
-    source = args.data if args.data.is_dir() else "random uint8 images"  # what was measured
+    measured = args.data is not None and args.data.is_dir()
+    source = args.data if measured else "random uint8 images"
     print(f"{r['backbone']} {r['resolution']}px, batch {r['batch_size']}, {args.steps} steps x "
           f"{args.rounds} rounds (medians), {r['device']}; {r['images']} images from {source}")
     print(f"  ours      fine_tune, uint8 + augmentation on device  "

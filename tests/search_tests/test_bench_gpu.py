@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from search.bench import main
-from search.bench_gpu import SIZES
+from search.bench.gpu import SIZES
+from search.bench.suite import main
 
 
 def test_gpu_acceptance_command_runs_every_step_on_cpu(

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch.nn.utils import parameters_to_vector
 
-from search import bench_throughput
-from search.bench_throughput import _weights, main, throughput
+from search.bench import throughput as bench_throughput
+from search.bench.throughput import _weights, main, throughput
 
 
 def test_throughput_times_what_it_ran_and_both_sides_train(
@@ -51,3 +51,13 @@ def test_workers_default_is_one_per_core_in_the_help(
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "one per core, 16 here" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_benchmark_refuses_a_data_folder_that_is_not_there(
+        capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    from search.bench.suite import main as bench
+
+    assert bench(["--only", "throughput", "--data-dir", f"{tmp_path}/absent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("search.bench: error: --data-dir ") and "is not a folder" in err
