@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import optuna
 from optuna.trial import TrialState
 
-from search import recovery
+from search import optuna_storage, recovery
 from search.display import ProgressDisplay
 from search.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
 from search.session import MEMORY_FRACTION_ENV, Search
@@ -191,10 +190,8 @@ def _unless_storage_down(read: Callable[[], T]) -> T | None:
     """
     try:
         return read()
-    except (optuna.exceptions.StorageInternalError, OSError):
-        return None
-    except Exception as e:  # redis' errors are its own classes: match them by module
-        if type(e).__module__.startswith("redis"):
+    except Exception as e:
+        if optuna_storage.unavailable(e):
             return None
         raise
 

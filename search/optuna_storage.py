@@ -14,9 +14,10 @@ from optuna.trial import FrozenTrial
 
 from search.errors import UsageError
 from search.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
-from search.urls import mask_text, mask_url
+from search.urls import mask_text, mask_url, scheme
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+REDIS_SCHEMES = ("redis", "rediss")
 
 
 def open_storage(url: str, *, heartbeat: int | None = None,
@@ -29,20 +30,20 @@ def open_storage(url: str, *, heartbeat: int | None = None,
     look), and `on_stale` is called with it (to queue its retry). Optuna beats on an RDB; on
     the journal (a file, Redis) search.heartbeat adds the same protocol.
     """
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    kind = scheme(url)
     try:
-        if scheme in RDB_SCHEMES:
+        if kind in RDB_SCHEMES:
             # pool_pre_ping survives a restarted database server (connections are checked).
-            engine_kwargs = {} if scheme == "sqlite" else {"pool_pre_ping": True}
+            engine_kwargs = {} if kind == "sqlite" else {"pool_pre_ping": True}
             beat: dict[str, Any] = {}
             if heartbeat:
                 beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                         "heartbeat_stale_trial_callback": on_stale}
-            return (HeartbeatRDBStorage if heartbeat else RDBStorage)(
-                url, engine_kwargs=engine_kwargs, **beat)
-        if scheme in ("redis", "rediss"):
+            return _rdb_storage(HeartbeatRDBStorage if heartbeat else RDBStorage, url,
+                                engine_kwargs=engine_kwargs, **beat)
+        if kind in REDIS_SCHEMES:
             return _journal(JournalRedisBackend(url), heartbeat, on_stale)
-        if scheme:
+        if kind:
             raise UsageError(
                 f"unsupported storage URL {mask_url(url)!r}: use a journal file path, "
                 "sqlite:///FILE, postgresql://, mysql:// or redis://"
@@ -71,8 +72,8 @@ def _journal(backend: BaseJournalBackend, heartbeat: int | None,
     return HeartbeatJournalStorage(backend, heartbeat=heartbeat, on_stale=on_stale)
 
 
-def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
-    """RDBStorage, tried again when it fails while creating its tables.
+def _rdb_storage(cls: type[RDBStorage], url: str, **kwargs: Any) -> RDBStorage:
+    """`cls(url, ...)`, tried again when it fails while creating its tables.
 
     Nodes that start together on an empty database all create Optuna's tables at once; every
     one but the first fails its commit ("An exception is raised during the commit"), and a
@@ -80,9 +81,22 @@ def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
     """
     for attempt in range(3):
         try:
-            return RDBStorage(url, **kwargs)
+            return cls(url, **kwargs)
         except Exception as e:  # noqa: BLE001 - re-raised unless it is that race
             if attempt == 2 or "during the commit" not in str(e):
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the storage did not answer (a database restarting, a network
+    blip), as opposed to a bug: Optuna's own storage error, a socket's, or Redis' (whose
+    errors are classes of its own, and whose package is only there when Redis is used)."""
+    if isinstance(error, (optuna.exceptions.StorageInternalError, OSError)):
+        return True
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return False
+    return isinstance(error, RedisError)

@@ -58,8 +58,8 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
 
     import spaces
     from search import stores as stores_module
+    from search.optuna_storage import open_storage
     from search.session import load_task, pick_device, quiet_libraries
-    from search.storage import open_storage
     from search.urls import mask_url
 
     quiet_libraries()

@@ -25,10 +25,10 @@ from rich.table import Table
 from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
 from search.errors import UsageError
-from search.storage import open_storage
+from search.optuna_storage import open_storage
 from search.stores import Stores, resolve
 from search.study import OBJECTIVES
-from search.urls import mask_text, mask_url
+from search.urls import mask_text, mask_url, scheme, sqlite_file
 
 PROG = "search.report"
 PLOTS = ("optimization_history", "intermediate_values", "pareto_front", "parallel_coordinate",
@@ -120,9 +120,8 @@ def load(storage: str, name: str, study: str) -> optuna.Study:
     missing = UsageError(f"no study {name!r} in {mask_url(storage)}: run python -m search.run "
                          f"--study {study}" + (f" --name {name}" if name != study else "")
                          + " first")
-    sqlite = storage.lower().startswith("sqlite:///")
-    path = storage[len("sqlite:///"):].split("?", 1)[0] if sqlite else storage
-    if (sqlite or "://" not in storage) and path != ":memory:" and not Path(path).is_file():
+    path = sqlite_file(storage) if scheme(storage) else storage  # a file, or a server's URL
+    if path not in (None, "", ":memory:") and not Path(path).is_file():
         raise missing  # rather than let Optuna create an empty journal or database
     try:
         return optuna.load_study(study_name=name, storage=open_storage(storage))

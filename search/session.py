@@ -23,7 +23,7 @@ from objectives.errors import InputError
 from search import recovery
 from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
-from search.storage import open_storage
+from search.optuna_storage import open_storage, unavailable
 from search.study import (
     Budget,
     committed_count,
@@ -488,8 +488,10 @@ _SETTING = {"epochs": "{} epochs per trial", "init": "{} initial weights"}
 def _summary(study: optuna.Study) -> dict[str, float]:
     try:
         counts = state_counts(study)
-    except optuna.exceptions.StorageInternalError:  # the database is away: end the run anyway
-        return {}
+    except Exception as e:
+        if unavailable(e):  # the database is away: end the run anyway
+            return {}
+        raise
     summary: dict[str, float] = {f"trials_{k.lower()}": float(v) for k, v in counts.items()}
     if len(study.directions) > 1:
         summary["pareto_front_size"] = float(len(study.best_trials))

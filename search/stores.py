@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import UsageError
-from search.urls import mask_url
+from search.urls import SQLITE, mask_url, scheme, sqlite_file
 
 MLRUNS = Path("mlruns")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -44,25 +44,24 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
     if storage is None or tracking_uri is None:
         _check_writable(MLRUNS)
     tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
-    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri \
-        else ""
-    if scheme not in TRACKING_SCHEMES:
+    if scheme(tracking_uri) not in TRACKING_SCHEMES:
         raise UsageError(
             f"unsupported tracking URI {mask_url(tracking_uri)!r}: MLflow 3.13+ has no file "
             "store; use sqlite:///PATH/mlflow.db, postgresql://..., or http://HOST:PORT"
         )
     artifact_location = None
     client_uri = tracking_uri
-    if scheme == "sqlite":
-        database = Path(tracking_uri.split(":///", 1)[1]) if ":///" in tracking_uri else None
-        if database is None or str(database) in ("", ":memory:"):
+    if (file := sqlite_file(tracking_uri)) is not None:
+        if file in ("", ":memory:"):
             raise UsageError(f"tracking URI {tracking_uri!r} names no database file")
+        database = Path(file)
         _check_writable(database.parent)
         # A local artifact root beside the database, as the embedded default keeps it.
         artifact_location = (database.parent / "artifacts").resolve().as_uri()
         # MLflow caches its store per URI string: a relative sqlite:///mlruns/... would keep
         # pointing at the first folder's database when the working directory changes.
-        client_uri = "sqlite:///" + str(database.resolve())
+        query = tracking_uri.partition("?")[1:]
+        client_uri = SQLITE + str(database.resolve()) + "".join(query)
     cache = MLRUNS / "cache"
     cache_dir = cache if _writable(MLRUNS) else None
     return Stores(
@@ -82,6 +81,6 @@ def _writable(folder: Path) -> bool:
 
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (password masked)."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if scheme(tracking_uri) in ("http", "https"):
         return f"open {mask_url(tracking_uri)} in a browser"
     return f"mlflow ui --backend-store-uri {mask_url(tracking_uri)}"

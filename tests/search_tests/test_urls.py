@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.urls import mask_text, mask_url
+from search.urls import mask_text, mask_url, scheme, sqlite_file
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,25 @@ def test_mask_text_without_secrets_changes_nothing(url: str | None) -> None:
     text = "connection refused: http://localhost:5000 (sqlite:///x.db)"
     assert mask_text(text, url) == text
     assert mask_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "file"),
+    [
+        ("mlruns/optuna.journal", "", None),  # a path: the journal file
+        ("/abs/optuna.journal", "", None),
+        ("sqlite:///mlruns/mlflow.db", "sqlite", "mlruns/mlflow.db"),
+        ("sqlite:////abs/optuna.db?timeout=30", "sqlite", "/abs/optuna.db"),
+        ("SQLite:///Mixed.db", "sqlite", "Mixed.db"),
+        ("sqlite:///:memory:", "sqlite", ":memory:"),
+        ("sqlite://", "sqlite", ""),  # no file named
+        ("postgresql+psycopg2://u:p@h/db", "postgresql", None),
+        ("postgres://h/db", "postgres", None),
+        ("mysql+pymysql://u:p@h/d", "mysql", None),
+        ("rediss://:p@h:6380/0", "rediss", None),
+        ("http://localhost:5000", "http", None),
+    ],
+)
+def test_scheme_and_sqlite_file(url: str, kind: str, file: str | None) -> None:
+    assert scheme(url) == kind
+    assert sqlite_file(url) == file
