@@ -2,8 +2,8 @@
 
 Each server is our own: a fresh data directory, a free port on 127.0.0.1 (never 5432 or 6379,
 whatever already runs on this machine), listening on loopback only, stopped when the context
-manager exits. `.ci/run` installs the Debian packages (`postgresql`, `redis-server`) when
-they are missing.
+manager exits. `tests/install-services.sh` (part of README's test command) installs the Debian
+packages (`postgresql`, `redis-server`) when they are missing.
 
 PostgreSQL refuses to run as root: when the tests run as root, initdb and the server run as the
 `postgres` system user that Debian's package creates (Popen's user=/group=). Its private directory
@@ -39,7 +39,7 @@ from typing import IO, Any
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-INSTALL_HINT = ".ci/run installs it (apt-get install postgresql redis-server)"
+INSTALL_HINT = "bash tests/install-services.sh installs it (apt-get: postgresql, redis-server)"
 
 PG_ROLE = "searcher"
 PG_DATABASE = "optuna"

@@ -1,7 +1,7 @@
 """The throwaway PostgreSQL and Redis servers of tests/servers.py: ours, on loopback, stoppable.
 
-A missing binary fails these tests (it does not skip them): CI must run them, and .ci/run
-installs the Debian packages.
+A missing binary fails these tests (it does not skip them): CI must run them, and README's test
+command installs the Debian packages (tests/install-services.sh).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def require(reason: str | None) -> None:
     if reason is not None:
-        pytest.fail(f"{reason}. Run .ci/run, which installs it, or install it the same way.")
+        pytest.fail(f"{reason}. Run `bash tests/install-services.sh`, which installs it.")
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -13,8 +13,9 @@ for the UI's `get-artifact` requests). Routes and selectors found in MLflow 3.17
   fetches `get-artifact?path=NAME&run_uuid=RUN_ID` and previews an image as an `<img>` with a
   `blob:` source.
 
-Chromium and Playwright are not optional here: `.ci/run` installs Chromium (apt) and Playwright
-(the dev extra); the test fails, not skips, without them.
+Chromium and Playwright are not optional here: README's test command installs Chromium (apt, in
+tests/install-services.sh) and Playwright (the dev extra); the test fails, not skips, without
+them.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def _missing_browser() -> str | None:
         missing.append("Playwright for Python (pip install -e '.[dev]')")
     if not missing:
         return None
-    return (f"missing {' and '.join(missing)}: .ci/run installs Chromium and Playwright, and CI "
-            "must run it (this test needs a real headless browser and is never skipped)")
+    return (f"missing {' and '.join(missing)}: README's test command installs Chromium and "
+            "Playwright (bash tests/install-services.sh; the dev extra); this test needs a real "
+            "headless browser and is never skipped")
 
 
 def _png_size(path: Path) -> tuple[int, int]:
