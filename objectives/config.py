@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from objectives.losses import DISTILL, LOSS_NAMES
-
-# Which config field feeds which loss's constructor argument (see objectives.losses).
-_LOSS_PARAMS: dict[str, dict[str, str]] = {
-    "label_smoothing": {"epsilon": "label_smoothing"},
-    "focal": {"gamma": "focal_gamma"},
-    "huber": {"delta": "huber_delta"},
-    "kl": {"epsilon": "kl_smoothing"},
-    DISTILL: {"alpha": "distill_alpha", "temperature": "distill_temperature"},
-}
+from objectives.losses import DISTILL, LOSS_NAMES, LOSS_PARAMS, LossParam
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    # Loss and its parameter (only the one that belongs to `loss` is used).
+    # Loss and its parameter (only the one that belongs to `loss` is used). Each loss's `params`
+    # (objectives.losses) name the fields it reads, here and below.
     loss: str = "cross_entropy"
     label_smoothing: float = 0.1  # epsilon, probability mass spread over all classes
     focal_gamma: float = 2.0  # focusing exponent, 0 = cross-entropy
@@ -85,13 +78,26 @@ class TrialConfig:
         """The keyword arguments of loss `name` (default: this config's loss) under this config.
 
         For distill these are its alpha and temperature; its base loss's are
-        `loss_params(config.distill_base)` (objectives.losses.build_criterion puts them together).
+        `loss_params(config.distill_base)` (objectives.train.build_criterion puts them together).
         """
-        fields = _LOSS_PARAMS.get(self.loss if name is None else name, {})
-        return {arg: getattr(self, field) for arg, field in fields.items()}
+        declared = LOSS_PARAMS.get(self.loss if name is None else name, ())
+        return {p.arg: getattr(self, p.field) for p in declared}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_loss_fields(declared: Mapping[str, tuple[LossParam, ...]]) -> None:
+    """Every parameter a loss declares needs a float TrialConfig field of its name."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
+    for loss, params in declared.items():
+        for p in params:
+            if not isinstance(defaults.get(p.field), float):
+                raise TypeError(f"loss {loss!r} declares parameter {p.field!r}, which is not a "
+                                f"float field of TrialConfig: add it there")
+
+
+_check_loss_fields(LOSS_PARAMS)

@@ -4,19 +4,20 @@ Every loss takes ``logits`` of shape (N, C) (any float dtype; bf16 is upcast bec
 log and pow lose too much precision in 8 mantissa bits) and integer class indices ``target`` of
 shape (N,), and returns the scalar mean over the batch. ``distill`` also takes the teacher's
 logits, so it sits apart from ``LOSSES``: a study without a teacher cannot train it.
+
+Each loss declares its searched parameters (``LossParam``): the TrialConfig field, the search
+range and the display name all come from there. A new parameter also needs its TrialConfig field.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:  # config imports the loss names from here
-    from objectives.config import TrialConfig
 
 __all__ = [
     "ALL_LOSSES",
@@ -24,6 +25,7 @@ __all__ = [
     "DISTILL",
     "LOSSES",
     "LOSS_NAMES",
+    "LOSS_PARAMS",
     "BCELoss",
     "BrierLoss",
     "CrossEntropyLoss",
@@ -32,8 +34,8 @@ __all__ = [
     "HuberLoss",
     "KLLoss",
     "LabelSmoothingLoss",
+    "LossParam",
     "MAELoss",
-    "build_criterion",
     "build_loss",
 ]
 
@@ -63,10 +65,26 @@ def _check_epsilon(epsilon: float) -> float:
     return epsilon
 
 
-class _Loss(nn.Module):
-    """Base class: ``param_names`` lists the keyword options ``build_loss`` accepts."""
+@dataclass(frozen=True)
+class LossParam:
+    """A searched parameter of a loss: constructor argument `arg`, fed from the TrialConfig field
+    `field` (also its Optuna and MLflow name), searched over [low, high], on a log scale if `log`,
+    and shown as `short` in the loss's cell of the progress display (None: a column of its own).
+    """
 
-    param_names: ClassVar[tuple[str, ...]] = ()
+    field: str
+    arg: str
+    low: float
+    high: float
+    log: bool = False
+    short: str | None = None
+
+
+class _Loss(nn.Module):
+    """Base class: ``params`` declares the keyword options ``build_loss`` accepts, in the order
+    the search space suggests them."""
+
+    params: ClassVar[tuple[LossParam, ...]] = ()
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -89,7 +107,7 @@ class LabelSmoothingLoss(_Loss):
     covers the true class); Szegedy et al. 2016, "Rethinking the Inception Architecture".
     """
 
-    param_names = ("epsilon",)
+    params = (LossParam("label_smoothing", "epsilon", 0.01, 0.3, short="eps"),)
 
     def __init__(self, *, epsilon: float = 0.1) -> None:
         super().__init__()
@@ -109,7 +127,7 @@ class FocalLoss(_Loss):
     default is ``gamma = 2``.
     """
 
-    param_names = ("gamma",)
+    params = (LossParam("focal_gamma", "gamma", 0.5, 5.0, short="gamma"),)
 
     def __init__(self, *, gamma: float = 2.0) -> None:
         super().__init__()
@@ -172,7 +190,8 @@ class HuberLoss(_Loss):
     Brier score and ``delta -> 0`` tends to ``delta * mae``.
     """
 
-    param_names = ("delta",)
+    # Errors are probabilities in [0, 1]: a delta of 1 or more is plain (halved) MSE.
+    params = (LossParam("huber_delta", "delta", 0.01, 1.0, log=True, short="delta"),)
 
     def __init__(self, *, delta: float = 1.0) -> None:
         super().__init__()
@@ -202,7 +221,7 @@ class KLLoss(_Loss):
     Note that ``q`` excludes the true class from the uniform part, unlike ``label_smoothing``.
     """
 
-    param_names = ("epsilon",)
+    params = (LossParam("kl_smoothing", "epsilon", 0.01, 0.3, short="eps"),)
 
     def __init__(self, *, epsilon: float = 0.1) -> None:
         super().__init__()
@@ -235,7 +254,9 @@ class DistillLoss(_Loss):
     ordinary tensor that autograd may save for the backward pass.
     """
 
-    param_names = ("alpha", "temperature")
+    # The space suggests these, then distill_base and that base loss's own parameters.
+    params = (LossParam("distill_temperature", "temperature", 1.0, 10.0, log=True),
+              LossParam("distill_alpha", "alpha", 0.1, 1.0))
 
     def __init__(
         self, *, alpha: float = 0.5, temperature: float = 4.0, base: nn.Module | None = None
@@ -273,7 +294,7 @@ class DistillLoss(_Loss):
         return f"alpha={self.alpha}, temperature={self.temperature}"
 
 
-LOSSES: dict[str, type[nn.Module]] = {
+LOSSES: dict[str, type[_Loss]] = {
     "cross_entropy": CrossEntropyLoss,
     "label_smoothing": LabelSmoothingLoss,
     "focal": FocalLoss,
@@ -288,23 +309,24 @@ LOSSES: dict[str, type[nn.Module]] = {
 # may mix in. Distill is registered apart, so that these choices stay those of every study.
 LOSS_NAMES: tuple[str, ...] = tuple(sorted(LOSSES))
 DISTILL = "distill"
-ALL_LOSSES: dict[str, type[nn.Module]] = {**LOSSES, DISTILL: DistillLoss}
+ALL_LOSSES: dict[str, type[_Loss]] = {**LOSSES, DISTILL: DistillLoss}
 ALL_LOSS_NAMES: tuple[str, ...] = tuple(sorted(ALL_LOSSES))
+LOSS_PARAMS: dict[str, tuple[LossParam, ...]] = {n: c.params for n, c in ALL_LOSSES.items()}
 
 
 def build_loss(name: str, **params: float) -> nn.Module:
     """Instantiate the loss registered as ``name`` with its keyword options.
 
     Options: label_smoothing(epsilon), focal(gamma), huber(delta), kl(epsilon),
-    distill(alpha, temperature; its base is cross-entropy: see build_criterion for another);
-    the others take none. Options left out get the class defaults.
+    distill(alpha, temperature; its base is cross-entropy: objectives.train.build_criterion
+    builds another); the others take none. Options left out get the class defaults.
     """
     try:
         cls = ALL_LOSSES[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSS_NAMES)}; "
                          f"and {DISTILL} (with a teacher)") from None
-    accepted: tuple[str, ...] = getattr(cls, "param_names", ())
+    accepted = sorted(p.arg for p in cls.params)
     unexpected = sorted(set(params) - set(accepted))
     if unexpected:
         takes = ", ".join(accepted) if accepted else "no parameters"
@@ -312,11 +334,3 @@ def build_loss(name: str, **params: float) -> nn.Module:
             f"loss {name!r} got unexpected parameter(s) {', '.join(unexpected)}; it takes: {takes}"
         )
     return cls(**params)
-
-
-def build_criterion(config: TrialConfig) -> nn.Module:
-    """The loss `config` trains with; for distill, with its base loss built from the config."""
-    if config.loss != DISTILL:
-        return build_loss(config.loss, **config.loss_params())
-    base = build_loss(config.distill_base, **config.loss_params(config.distill_base))
-    return DistillLoss(base=base, **config.loss_params())

@@ -18,7 +18,7 @@ from objectives.checkpoint import load_checkpoint, save_checkpoint
 from objectives.compiled import COMPILED, CompiledModel
 from objectives.config import TrialConfig
 from objectives.data import ImageData, Split, Task
-from objectives.losses import DISTILL, build_criterion
+from objectives.losses import DISTILL, DistillLoss, build_loss
 from objectives.metrics import classification_metrics
 from objectives.models import StagedNet, freeze, layerwise_groups, trainable_parameters
 from objectives.optim import build_optimizer, lr_factor, set_lr
@@ -151,6 +151,14 @@ def _resume_state(path: str | Path, config: TrialConfig) -> dict[str, Any] | Non
         raise ValueError(f"checkpoint {path} was written under another config (it differs in "
                          f"{', '.join(differ)}): it belongs to another trial; refusing to resume")
     return state
+
+
+def build_criterion(config: TrialConfig) -> torch.nn.Module:
+    """The loss `config` trains with; for distill, with its base loss built from the config."""
+    if config.loss != DISTILL:
+        return build_loss(config.loss, **config.loss_params())
+    base = build_loss(config.distill_base, **config.loss_params(config.distill_base))
+    return DistillLoss(base=base, **config.loss_params())
 
 
 def _check_teacher(teacher: torch.nn.Module | None, config: TrialConfig, data: ImageData,

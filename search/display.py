@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
@@ -11,9 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-# A choice and the parameters that only exist under it are shown together in one column.
-_LOSS_PARAMS = {"label_smoothing": "eps", "focal_gamma": "gamma", "huber_delta": "delta",
-                "kl_smoothing": "eps"}
+
+@functools.cache
+def _loss_params() -> dict[str, str]:
+    """A loss parameter's field -> its short name: a choice and the parameters that only exist
+    under it are shown together in one column."""
+    from objectives.losses import LOSS_PARAMS  # imports PyTorch: not before a trial is shown
+
+    return {p.field: p.short for params in LOSS_PARAMS.values() for p in params if p.short}
 
 
 def fmt(value: Any) -> str:
@@ -26,7 +32,7 @@ def key_columns(params: dict[str, Any]) -> dict[str, str]:
     """The parameters people compare, one readable cell each."""
     cells: dict[str, str] = {}
     if "loss" in params:
-        extra = [f"{short}={fmt(params[k])}" for k, short in _LOSS_PARAMS.items() if k in params]
+        extra = [f"{short}={fmt(params[k])}" for k, short in _loss_params().items() if k in params]
         cells["loss"] = params["loss"] + (f"({', '.join(extra)})" if extra else "")
     if "penalty" in params:
         lam = params.get("penalty_lambda")
@@ -40,7 +46,7 @@ def key_columns(params: dict[str, Any]) -> dict[str, str]:
         if key in params:
             cells[title] = fmt(params[key])
     known = {"loss", "penalty", "penalty_lambda", "optimizer", "momentum", "nesterov", "lr",
-             "freeze_depth", "batch_size", *_LOSS_PARAMS}
+             "freeze_depth", "batch_size", *_loss_params()}
     cells.update({k: fmt(v) for k, v in params.items() if k not in known})
     return cells
 

@@ -17,6 +17,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from objectives.failures import cuda_broken, free_after, out_of_memory, release_memory
+from objectives.losses import LOSS_PARAMS
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
 from search import recovery
@@ -31,10 +32,11 @@ if TYPE_CHECKING:
     from search.tracking import Tracker, TrialRun
     from spaces import Settings, Study
 
-# Config fields that only mean something when a choice enables them; logged when sampled.
+# Config fields that only mean something when a choice enables them; logged when sampled:
+# these and every parameter a loss declares.
 CONDITIONAL = frozenset(
-    {"label_smoothing", "focal_gamma", "huber_delta", "kl_smoothing", "penalty_lambda",
-     "momentum", "nesterov", "distill_alpha", "distill_temperature", "distill_base"}
+    {"penalty_lambda", "momentum", "nesterov", "distill_base",
+     *(p.field for params in LOSS_PARAMS.values() for p in params)}
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from objectives.losses import DISTILL, LOSS_NAMES
+from objectives.losses import DISTILL, LOSS_NAMES, LOSS_PARAMS
 from objectives.optim import OPTIMIZERS
 from objectives.penalties import PENALTIES
 
@@ -23,28 +23,17 @@ def suggest_loss(trial: optuna.Trial, *, distill: bool = False) -> dict[str, Any
     it mixes in (with that loss's own parameter, under the same names as when it stands alone).
     """
     loss = trial.suggest_categorical("loss", (*LOSS_NAMES, DISTILL) if distill else LOSS_NAMES)
-    params: dict[str, Any] = {"loss": loss}
+    params: dict[str, Any] = {"loss": loss, **_loss_parameters(trial, loss)}
     if loss == DISTILL:
-        params["distill_temperature"] = trial.suggest_float("distill_temperature", 1.0, 10.0,
-                                                            log=True)
-        params["distill_alpha"] = trial.suggest_float("distill_alpha", 0.1, 1.0)
         base = trial.suggest_categorical("distill_base", LOSS_NAMES)
-        return {**params, "distill_base": base, **_loss_parameter(trial, base)}
-    return {**params, **_loss_parameter(trial, loss)}
-
-
-def _loss_parameter(trial: optuna.Trial, loss: str) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if loss == "label_smoothing":
-        params["label_smoothing"] = trial.suggest_float("label_smoothing", 0.01, 0.3)
-    elif loss == "focal":
-        params["focal_gamma"] = trial.suggest_float("focal_gamma", 0.5, 5.0)
-    elif loss == "huber":
-        # Errors are probabilities in [0, 1]: a delta of 1 or more is plain (halved) MSE.
-        params["huber_delta"] = trial.suggest_float("huber_delta", 0.01, 1.0, log=True)
-    elif loss == "kl":
-        params["kl_smoothing"] = trial.suggest_float("kl_smoothing", 0.01, 0.3)
+        params.update({"distill_base": base, **_loss_parameters(trial, base)})
     return params
+
+
+def _loss_parameters(trial: optuna.Trial, loss: str) -> dict[str, Any]:
+    """The parameters `loss` declares, in their order, each under its TrialConfig field's name."""
+    return {p.field: trial.suggest_float(p.field, p.low, p.high, log=p.log)
+            for p in LOSS_PARAMS.get(loss, ())}
 
 
 def suggest_penalty(
