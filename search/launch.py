@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from search import optuna_storage, recovery
 from search.display import ProgressDisplay
 from search.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
-from search.session import MEMORY_FRACTION_ENV, Search
+from search.runtime import MEMORY_FRACTION_ENV
+from search.session import Search
 
 T = TypeVar("T")
 

@@ -59,7 +59,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     import spaces
     from search import stores as stores_module
     from search.optuna_storage import open_storage
-    from search.session import load_task, pick_device, quiet_libraries
+    from search.runtime import load_task, pick_device, quiet_libraries
     from search.urls import mask_url
 
     quiet_libraries()
@@ -187,7 +187,7 @@ def _device_failed(error: RuntimeError) -> None:
 def _run_tags(study: Any, chosen: Any, device: str) -> dict[str, str]:
     """The refit run's MLflow tags: its trial, study and parent run, and the device (with the
     GPU's name on CUDA) and library versions, as a trial's run has them."""
-    from search.session import device_tags
+    from search.runtime import device_tags
     from search.tracking import versions
 
     tags = {"search.role": "refit", "search.refit_of_trial": str(chosen.number),

@@ -74,7 +74,7 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
            tracking_uri: str | None = None, out: str | None = None, top: int = 10) -> Path:
     """Print the report, write its files and log them to MLflow; returns the folder."""
     import spaces
-    from search.session import quiet_libraries
+    from search.runtime import quiet_libraries
 
     quiet_libraries()
     try:

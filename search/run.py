@@ -221,7 +221,7 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
     """The GPUs to spread the workers over (indices as this process sees them), or None for
     the CPU: every visible GPU unless `--gpus` says which; an index out of range is bad input."""
     from search.errors import UsageError
-    from search.session import visible_gpus
+    from search.runtime import visible_gpus
 
     if device == "cpu":
         if gpus:

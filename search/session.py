@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +16,11 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
-from objectives.errors import InputError
 from search import recovery
 from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.optuna_storage import open_storage, unavailable
+from search.runtime import device_tags, limit_gpu_memory, load_task, pick_device, quiet_libraries
 from search.study import (
     Budget,
     committed_count,
@@ -39,76 +36,10 @@ from search.urls import mask_text, mask_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
-_TASKS: dict[tuple[Any, ...], Task] = {}
-
 RESOLUTION_SEARCH = "search"  # --resolution search: the study's resolutions are searched
 
 
-def quiet_libraries() -> None:
-    # Our own one line per trial replaces Optuna's; failures are reported with their reason.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for name in ("mlflow", "alembic", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # MLflow draws a progress bar on stderr for every model it downloads (a teacher, a refit).
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA device is visible: use --device cpu")
-    return name
-
-
-def visible_gpus() -> list[str]:
-    """Indices of the GPUs this process may use (none on a CPU-only machine).
-
-    `device_count` asks NVML where it can, without starting CUDA in this process, so that
-    CUDA_VISIBLE_DEVICES may still be set afterwards (search.run pins a lone worker's GPU).
-    """
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-# Set by a launcher for workers that share a GPU: the share of its memory each may take, so
-# that a trial too large for its share fails in its own process, not in a neighbour's.
-MEMORY_FRACTION_ENV = "FINETUNE_SEARCH_GPU_MEMORY_FRACTION"
 SETTLE_SECONDS = 30.0  # another node's trial this recent may still be being written by its writer
-
-
-def limit_gpu_memory(device: str) -> None:
-    """Cap this process's share of its GPU's memory when a launcher asked for it."""
-    share = os.environ.get(MEMORY_FRACTION_ENV)
-    if device == "cuda" and share:
-        import torch
-
-        torch.cuda.set_per_process_memory_fraction(float(share))
-
-
-def device_tags(device: str) -> dict[str, str]:
-    """The device a trial trains on, and the GPU's name on CUDA, as MLflow tags."""
-    tags = {"device": device}
-    if device == "cuda":
-        import torch
-
-        tags["gpu"] = torch.cuda.get_device_name()
-    return tags
-
-
-def load_task(spec: spaces.Study, options: spaces.TaskOptions, device: str) -> Task:
-    """The study's task with its data on `device`, loaded once per process."""
-    key = (spec.name, options, device)
-    if key not in _TASKS:
-        try:
-            _TASKS[key] = spec.task(options).to(device)
-        except InputError as e:
-            raise UsageError(str(e)) from None
-    return _TASKS[key]
 
 
 @dataclass

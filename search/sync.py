@@ -100,7 +100,7 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
     """The command: open the stores, fail lost trials, find the parent run, sync the trials."""
     import spaces
     from search.report import load, pick_target
-    from search.session import quiet_libraries
+    from search.runtime import quiet_libraries
     from search.stores import resolve
 
     quiet_libraries()

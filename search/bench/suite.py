@@ -33,7 +33,8 @@ from objectives.train import fine_tune
 from search.cli import Parser, positive_float
 from search.errors import UsageError
 from search.optuna_storage import open_storage
-from search.session import open_search, pick_device, quiet_libraries
+from search.runtime import pick_device, quiet_libraries
+from search.session import open_search
 from search.study import FINISHED
 from spaces import Settings
 

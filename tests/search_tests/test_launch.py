@@ -18,7 +18,8 @@ import spaces
 from search.display import ProgressDisplay
 from search.launch import Worker, _unless_storage_down, launch, physical_gpus, plan_workers
 from search.run import choose_gpus, main, run
-from search.session import MEMORY_FRACTION_ENV, Search, open_search
+from search.runtime import MEMORY_FRACTION_ENV
+from search.session import Search, open_search
 
 
 def test_a_storage_that_does_not_answer_skips_a_look_and_a_bug_still_raises() -> None:
@@ -57,7 +58,7 @@ def test_a_lone_worker_on_gpu_1_of_4_5_lands_on_physical_gpu_5(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    monkeypatch.setattr("search.session.visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr("search.runtime.visible_gpus", lambda: ["0", "1"])
     seen = {}
 
     def open_search(**options: object) -> None:
@@ -74,7 +75,7 @@ def test_workers_spread_over_the_visible_gpus_and_share_their_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("search.session.visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr("search.runtime.visible_gpus", lambda: ["0", "1"])
     gpus = choose_gpus(None, device="auto")  # --workers 3 without --gpus, on a 2-GPU node
     assert gpus == ["0", "1"]
     plans = plan_workers(workers=3, gpus=gpus, trials_per_gpu=1)
@@ -83,7 +84,7 @@ def test_workers_spread_over_the_visible_gpus_and_share_their_memory(
     # worker has it alone.
     assert [p.get(MEMORY_FRACTION_ENV) for p in plans] == ["0.4750", None, "0.4750"]
     assert choose_gpus(None, device="cpu") is None
-    monkeypatch.setattr("search.session.visible_gpus", lambda: [])
+    monkeypatch.setattr("search.runtime.visible_gpus", lambda: [])
     assert choose_gpus(None, device="auto") is None  # a CPU machine: CPU workers
 
 
@@ -97,7 +98,7 @@ def test_gpus_that_do_not_exist_are_bad_input(
     visible: list[str], argv: list[str], expected: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("search.session.visible_gpus", lambda: visible)
+    monkeypatch.setattr("search.runtime.visible_gpus", lambda: visible)
     assert main(["--study", "digits", *argv]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and expected in err, err

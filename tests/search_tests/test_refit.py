@@ -21,7 +21,7 @@ from objectives.data import ImageData, Split, Task
 from objectives.digits import load_digits_task
 from objectives.train import fine_tune
 from search import refit as refit_module
-from search import session
+from search import runtime
 from search.refit import _run_tags, evaluate, main
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
@@ -47,7 +47,7 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
     # Every task the search and the refit load has its test split guarded; refit's evaluate
     # alone is handed the real one. Any other reader (training, validation, the model's
     # logged input example) fails the run.
-    real_load, real_evaluate = session.load_task, refit_module.evaluate
+    real_load, real_evaluate = runtime.load_task, refit_module.evaluate
     test = load_digits_task(cache_dir=workdir / "mlruns" / "cache", seed=0).data.test
     evaluated = []
 
@@ -59,7 +59,7 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
         evaluated.append(task.name)
         return real_evaluate(model, _with_test(task, test), resolution=resolution)
 
-    monkeypatch.setattr(session, "load_task", load_guarded)
+    monkeypatch.setattr(runtime, "load_task", load_guarded)
     monkeypatch.setattr(refit_module, "evaluate", evaluate_on_the_test_split)
     assert run_main(["--study", "digits", "--trials", "3", "--epochs", "3", "--pruner",
                      "none"]) == 0
@@ -82,7 +82,7 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
     assert run.data.tags["search.refit_of_run"] == best.user_attrs["mlflow_run_id"]
     assert run.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
     # The device as a trial's run records it (and the GPU's name, on CUDA).
-    assert session.device_tags(session.pick_device("auto")).items() <= run.data.tags.items()
+    assert runtime.device_tags(runtime.pick_device("auto")).items() <= run.data.tags.items()
     metrics = run.data.metrics
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and 0 <= metrics["test_ece"] <= 1
     for corruption in CORRUPTIONS:
@@ -172,7 +172,7 @@ def test_refit_tags_name_the_gpu_as_a_trial_does(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
     tags = _run_tags(study, chosen, "cuda")
     assert (tags["device"], tags["gpu"]) == ("cuda", "NVIDIA H200")
-    assert tags.items() >= session.device_tags("cuda").items()
+    assert tags.items() >= runtime.device_tags("cuda").items()
 
 
 def test_evaluate_predicts_on_the_model_device(
