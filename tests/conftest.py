@@ -48,16 +48,21 @@ LEFTOVER_GRACE_SECONDS = 3.0  # for processes on their way out (a writer drainin
 
 
 def _marked(token: bytes) -> list[int]:
-    """Processes other than this one whose environment holds `TEST_PROCESS=token`."""
+    """Processes other than this one whose environment holds `TEST_PROCESS=token`.
+
+    Left out: multiprocessing's resource tracker, which a process starts once for its whole
+    life (this one's serves every later test) and which ends by itself with its owner.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             environ = (entry / "environ").read_bytes()
+            command = (entry / "cmdline").read_bytes()
         except OSError:  # gone, or not ours to read
             continue
-        if token in environ.split(b"\0"):
+        if token in environ.split(b"\0") and b"multiprocessing.resource_tracker" not in command:
             found.append(int(entry.name))
     return found
 

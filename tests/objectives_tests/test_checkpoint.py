@@ -9,7 +9,7 @@ from objectives.checkpoint import load_checkpoint, save_checkpoint
 from objectives.data import Task
 from objectives.models import StagedNet
 from objectives.train import FineTuneResult, fine_tune
-from tests.objectives_tests.test_train import _config, _task
+from tests.support import quadrants_task, train_config
 
 TIMING = {"epoch_seconds", "images_per_second"}
 
@@ -36,12 +36,12 @@ def _kill_at_2(epoch: int, metrics: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def task() -> Task:
-    return _task()
+    return quadrants_task()
 
 
 @pytest.fixture(scope="module")
 def augmented() -> Task:
-    return _task(crop_padding=1, flip=True)  # both augmentations draw from the generator
+    return quadrants_task(crop_padding=1, flip=True)  # both augmentations draw from the generator
 
 
 @pytest.mark.parametrize("changes", [
@@ -52,7 +52,7 @@ def augmented() -> Task:
 def test_resumed_run_equals_the_uninterrupted_one(
     augmented: Task, tmp_path: Path, changes: dict[str, object]
 ) -> None:
-    config = _config(epochs=4, warmup_epochs=1, **changes)
+    config = train_config(epochs=4, warmup_epochs=1, **changes)
     whole = fine_tune(config, augmented)
     path = tmp_path / "trial.pt"
 
@@ -78,7 +78,7 @@ def test_resumed_run_equals_the_uninterrupted_one(
 def test_l2_sp_anchor_comes_from_the_checkpoint(augmented: Task, tmp_path: Path) -> None:
     # The resumed run is given a model whose "pretrained" backbone has moved: only an anchor
     # read from the checkpoint (the weights the run started from) keeps it on course.
-    config = _config(epochs=3, penalty="l2_sp", penalty_lambda=1e-1)
+    config = train_config(epochs=3, penalty="l2_sp", penalty_lambda=1e-1)
     whole = fine_tune(config, augmented)
     path = tmp_path / "trial.pt"
     with pytest.raises(Killed):
@@ -99,7 +99,7 @@ def test_l2_sp_anchor_comes_from_the_checkpoint(augmented: Task, tmp_path: Path)
 
 
 def test_finished_run_returns_at_once(task: Task, tmp_path: Path) -> None:
-    config = _config(epochs=2)
+    config = train_config(epochs=2)
     path = tmp_path / "trial.pt"
     done = fine_tune(config, task, checkpoint=path)
     calls: list[int] = []
@@ -114,9 +114,9 @@ def test_finished_run_returns_at_once(task: Task, tmp_path: Path) -> None:
 
 def test_checkpoint_of_another_config_is_refused(task: Task, tmp_path: Path) -> None:
     path = tmp_path / "trial.pt"
-    fine_tune(_config(epochs=1), task, checkpoint=path)
+    fine_tune(train_config(epochs=1), task, checkpoint=path)
     with pytest.raises(ValueError, match=r"another config \(it differs in lr, seed\)"):
-        fine_tune(_config(epochs=1, lr=0.5, seed=3), task, checkpoint=path)
+        fine_tune(train_config(epochs=1, lr=0.5, seed=3), task, checkpoint=path)
 
 
 def test_corrupt_checkpoint_is_a_value_error(task: Task, tmp_path: Path) -> None:
@@ -124,13 +124,13 @@ def test_corrupt_checkpoint_is_a_value_error(task: Task, tmp_path: Path) -> None
     path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
                                    dtype=torch.uint8).numpy().tobytes())
     with pytest.raises(ValueError, match=r"cannot be read: .*delete it to start the trial over"):
-        fine_tune(_config(), task, checkpoint=path)
+        fine_tune(train_config(), task, checkpoint=path)
     torch.save([1, 2], path)  # readable, but not a checkpoint
     with pytest.raises(ValueError, match="cannot be read"):
-        fine_tune(_config(), task, checkpoint=path)
+        fine_tune(train_config(), task, checkpoint=path)
     torch.save({"epoch": 1}, path)
     with pytest.raises(ValueError, match=r"cannot be read: it lacks .*'model'"):
-        fine_tune(_config(), task, checkpoint=path)
+        fine_tune(train_config(), task, checkpoint=path)
 
 
 def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 
 def test_no_checkpoint_changes_nothing(task: Task, tmp_path: Path) -> None:
-    config = _config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
+    config = train_config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
     plain = fine_tune(config, task)
     saved = fine_tune(config, task, checkpoint=tmp_path / "trial.pt")
     assert plain.resumed_from == 0 and saved.resumed_from == 0
@@ -170,7 +170,7 @@ def test_a_checkpoint_from_another_device_type_resumes(
 ) -> None:
     """A retry that moved from a GPU node to a CPU one finds a CUDA generator state (Philox:
     16 bytes) in the checkpoint, which a CPU generator cannot take: it resumes, reseeded."""
-    config = _config(epochs=3)
+    config = train_config(epochs=3)
     path = tmp_path / "trial.pt"
     with pytest.raises(Killed):
         fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_2)

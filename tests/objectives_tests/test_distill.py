@@ -10,17 +10,17 @@ from torch import nn
 from objectives.checkpoint import load_checkpoint
 from objectives.config import TrialConfig
 from objectives.data import Task
-from objectives.losses import ALL_LOSS_NAMES, LOSS_NAMES, build_criterion, build_loss
+from objectives.losses import ALL_LOSS_NAMES, LOSS_NAMES, build_loss
 from objectives.serving import ImageClassifier
-from objectives.train import _CHECKPOINT_KEYS, FineTuneResult, fine_tune, to_input
-from tests.objectives_tests.test_train import NUM_CLASSES, _config, _task
+from objectives.train import _CHECKPOINT_KEYS, FineTuneResult, build_criterion, fine_tune, to_input
+from tests.support import NUM_CLASSES, quadrants_task, train_config
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
 @pytest.fixture(scope="module")
 def task() -> Task:
-    return _task(crop_padding=1, flip=True)  # both augmentations draw
+    return quadrants_task(crop_padding=1, flip=True)  # both augmentations draw
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class RecordingTeacher(nn.Module):
 
 
 def _distill(**changes: object) -> TrialConfig:
-    return _config(loss="distill", **changes)
+    return train_config(loss="distill", **changes)
 
 
 def test_teacher_sees_the_students_augmented_uint8_batches(task: Task) -> None:
@@ -175,8 +175,8 @@ def test_teacher_sees_the_students_augmented_uint8_batches(task: Task) -> None:
 
 
 def test_a_good_teacher_teaches_without_labels() -> None:
-    task = _task()  # no flips: a mirrored quadrant is another class
-    trained = fine_tune(_config(epochs=3), task)
+    task = quadrants_task()  # no flips: a mirrored quadrant is another class
+    trained = fine_tune(train_config(epochs=3), task)
     assert trained.final["val_accuracy"] > 0.8
     teacher = ImageClassifier(trained.model, task.data)
     student = fine_tune(_distill(epochs=3, distill_alpha=1.0, distill_temperature=2.0), task,
@@ -202,8 +202,8 @@ def test_teacher_is_ignored_without_distill(task: Task) -> None:
         def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
             raise AssertionError("moved")
 
-    result = fine_tune(_config(), task, teacher=Untouchable())
-    plain = fine_tune(_config(), task)
+    result = fine_tune(train_config(), task, teacher=Untouchable())
+    plain = fine_tune(train_config(), task)
     assert result.final["train_loss"] == plain.final["train_loss"]
 
 

@@ -9,7 +9,7 @@ from objectives.data import Task
 from objectives.models import StagedNet, freeze, layerwise_groups, small_cnn, trainable_parameters
 from objectives.optim import build_optimizer, lr_factor, set_lr
 from objectives.train import fine_tune
-from tests.objectives_tests.test_train import _config, _task
+from tests.support import quadrants_task, train_config
 
 LR = 0.1
 
@@ -103,11 +103,11 @@ def test_every_backbone_family(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def task() -> Task:
-    return _task()
+    return quadrants_task()
 
 
 def _stage0_change(task: Task, decay: float) -> float:
-    config = _config(optimizer="momentum", lr=0.05, lr_decay=decay, epochs=1)
+    config = train_config(optimizer="momentum", lr=0.05, lr_decay=decay, epochs=1)
     before = task.make_model(0).stages[0].state_dict()
     after = fine_tune(config, task).model.stages[0].state_dict()
     return sum(float((after[k].float() - v.float()).abs().sum())
@@ -118,5 +118,5 @@ def test_fine_tune_uses_the_layerwise_rates(task: Task) -> None:
     plain, decayed = _stage0_change(task, 1.0), _stage0_change(task, 0.01)
     assert plain > 0 and decayed > 0
     assert decayed < 0.1 * plain  # the input stage trains at lr * 0.01^3
-    result = fine_tune(_config(lr_decay=0.5, epochs=2, warmup_epochs=1), task)
+    result = fine_tune(train_config(lr_decay=0.5, epochs=2, warmup_epochs=1), task)
     assert result.history[0]["lr"] == pytest.approx(0.01)  # the head's, the peak after warmup

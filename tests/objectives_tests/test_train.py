@@ -8,56 +8,23 @@ import pytest
 import torch
 
 from objectives.config import TrialConfig
-from objectives.data import ImageData, Split, Task, channel_stats
+from objectives.data import Task
 from objectives.losses import LOSS_NAMES
-from objectives.models import StagedNet, new_head, small_cnn
+from objectives.models import StagedNet
 from objectives.optim import OPTIMIZERS
 from objectives.penalties import PENALTIES
 from objectives.train import DivergedError, FineTuneResult, fine_tune
+from tests.support import NUM_CLASSES, quadrants_model, quadrants_task, train_config
 
-NUM_CLASSES = 4
 BASE_KEYS = {
     "train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "val_ece", "lr",
     "epoch_seconds", "images_per_second",
 }
 
 
-def _split(n: int, seed: int) -> Split:
-    """Noisy 8x8 images; the class decides which 4x4 quadrant is bright."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randperm(n, generator=g) % NUM_CLASSES
-    x = torch.randint(0, 80, (n, 1, 8, 8), generator=g)
-    for q in range(NUM_CLASSES):
-        r, c = divmod(q, 2)
-        x[y == q, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 170
-    return Split(x.to(torch.uint8), y)
-
-
-def _make_model(seed: int) -> StagedNet:
-    # The "pretrained" backbone is the same for every seed; only the head depends on it.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        model = small_cnn(NUM_CLASSES, width=8)
-    new_head(model, NUM_CLASSES, seed=seed)
-    return model
-
-
-def _task(*, crop_padding: int = 1, flip: bool = False) -> Task:
-    train, val, test = _split(240, 1), _split(80, 2), _split(80, 3)
-    mean, std = channel_stats(train.x)
-    data = ImageData(train, val, test, ("tl", "tr", "bl", "br"), mean, std,
-                     crop_padding=crop_padding, flip=flip)
-    return Task("quadrants", data, _make_model)
-
-
 @pytest.fixture(scope="module")
 def task() -> Task:
-    return _task()
-
-
-def _config(**changes: object) -> TrialConfig:
-    base = TrialConfig(optimizer="adamw", lr=1e-2, batch_size=32, epochs=1, warmup_epochs=0.5)
-    return base.replace(**changes)
+    return quadrants_task()
 
 
 def _run(config: TrialConfig, task: Task) -> tuple[FineTuneResult, list[tuple[int, dict]]]:
@@ -78,7 +45,7 @@ def _check_metrics(metrics: dict[str, float], config: TrialConfig, n_train: int)
 
 
 def test_callback_once_per_epoch_with_the_metrics(task: Task) -> None:
-    config = _config(epochs=3)
+    config = train_config(epochs=3)
     result, calls = _run(config, task)
     assert [e for e, _ in calls] == [1, 2, 3]
     for (_, metrics), entry in zip(calls, result.history, strict=True):
@@ -93,7 +60,7 @@ def test_callback_once_per_epoch_with_the_metrics(task: Task) -> None:
 
 
 def test_learns_the_pattern(task: Task) -> None:
-    result, calls = _run(_config(epochs=3), task)
+    result, calls = _run(train_config(epochs=3), task)
     accuracy = calls[-1][1]["val_accuracy"]
     assert accuracy > 0.8  # chance is 0.25
     assert calls[-1][1]["train_loss"] < calls[0][1]["train_loss"]
@@ -105,7 +72,7 @@ def test_learns_the_pattern(task: Task) -> None:
 
 
 def test_lr_follows_the_schedule_to_near_zero(task: Task) -> None:
-    _, calls = _run(_config(epochs=4, warmup_epochs=1, lr=0.02), task)
+    _, calls = _run(train_config(epochs=4, warmup_epochs=1, lr=0.02), task)
     lrs = [m["lr"] for _, m in calls]
     assert lrs[0] == pytest.approx(0.02)  # last step of the warmup epoch is the peak
     assert lrs == sorted(lrs, reverse=True)
@@ -124,13 +91,13 @@ def test_callback_exception_propagates_and_stops_training(task: Task) -> None:
             raise Stop("pruned")
 
     with pytest.raises(Stop, match="pruned"):
-        fine_tune(_config(epochs=5), task, on_epoch=on_epoch)
+        fine_tune(train_config(epochs=5), task, on_epoch=on_epoch)
     assert epochs == [1, 2]
 
 
 def test_huge_learning_rate_raises_diverged_error(task: Task) -> None:
     calls: list[int] = []
-    config = _config(optimizer="sgd", lr=1e20, warmup_epochs=0, epochs=3)
+    config = train_config(optimizer="sgd", lr=1e20, warmup_epochs=0, epochs=3)
     with pytest.raises(DivergedError, match="epoch 1") as info:
         fine_tune(config, task, on_epoch=lambda e, m: calls.append(e))
     assert info.value.epoch == 1
@@ -143,7 +110,7 @@ def test_diverged_error_names_the_epoch_it_happened_in(task: Task) -> None:
     models: list[StagedNet] = []
 
     def make_model(seed: int) -> StagedNet:
-        models.append(_make_model(seed))
+        models.append(quadrants_model(seed))
         return models[-1]
 
     def poison(epoch: int, metrics: dict[str, float]) -> None:
@@ -153,7 +120,7 @@ def test_diverged_error_names_the_epoch_it_happened_in(task: Task) -> None:
 
     nan_task = Task("poisoned", task.data, make_model)
     with pytest.raises(DivergedError, match="epoch 2") as info:
-        fine_tune(_config(epochs=4), nan_task, on_epoch=poison)
+        fine_tune(train_config(epochs=4), nan_task, on_epoch=poison)
     assert info.value.epoch == 2 and math.isnan(info.value.value)
 
 
@@ -164,9 +131,9 @@ def _stage_state(model: StagedNet, depth: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_frozen_stages_are_unchanged(task: Task, depth: int) -> None:
-    config = _config(freeze_depth=depth, epochs=2, penalty="l2", penalty_lambda=1e-3,
+    config = train_config(freeze_depth=depth, epochs=2, penalty="l2", penalty_lambda=1e-3,
                      weight_decay=1e-2)
-    pretrained = _make_model(config.seed)
+    pretrained = quadrants_model(config.seed)
     trained = fine_tune(config, task).model
     before = _stage_state(pretrained, 3)
     after = _stage_state(trained, 3)
@@ -180,8 +147,8 @@ def test_frozen_stages_are_unchanged(task: Task, depth: int) -> None:
 
 
 def test_nothing_frozen_at_depth_zero(task: Task) -> None:
-    pretrained = _make_model(0)
-    trained = fine_tune(_config(freeze_depth=0), task).model
+    pretrained = quadrants_model(0)
+    trained = fine_tune(train_config(freeze_depth=0), task).model
     for name, p in pretrained.named_parameters():
         assert not torch.equal(p, dict(trained.named_parameters())[name]), name
 
@@ -192,8 +159,8 @@ def _without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 def test_same_config_and_seed_give_identical_history() -> None:
-    task = _task(crop_padding=1, flip=True)  # both augmentations draw random numbers
-    config = _config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
+    task = quadrants_task(crop_padding=1, flip=True)  # both augmentations draw random numbers
+    config = train_config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
     a = fine_tune(config, task)
     torch.manual_seed(999)  # the global RNG plays no part
     b = fine_tune(config, task)
@@ -209,16 +176,16 @@ def test_same_config_and_seed_give_identical_history() -> None:
 
 def test_seed_also_drives_the_data_order_and_augmentation(task: Task) -> None:
     # The same model for every seed: any difference comes from the shuffling and the crops.
-    same_model = Task("same-model", task.data, lambda seed: _make_model(0))
-    a = fine_tune(_config(seed=0), same_model)
-    b = fine_tune(_config(seed=1), same_model)
+    same_model = Task("same-model", task.data, lambda seed: quadrants_model(0))
+    a = fine_tune(train_config(seed=0), same_model)
+    b = fine_tune(train_config(seed=1), same_model)
     assert a.history[0]["train_loss"] != b.history[0]["train_loss"]
     assert not torch.equal(a.model.head.weight, b.model.head.weight)
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_every_loss_runs(task: Task, loss: str) -> None:
-    config = _config(loss=loss)
+    config = train_config(loss=loss)
     _, calls = _run(config, task)
     assert [e for e, _ in calls] == [1]
     assert set(calls[0][1]) == BASE_KEYS
@@ -228,7 +195,7 @@ def test_every_loss_runs(task: Task, loss: str) -> None:
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_every_penalty_runs(task: Task, penalty: str) -> None:
     lam = 0.0 if penalty == "none" else 1e-3
-    config = _config(penalty=penalty, penalty_lambda=lam)
+    config = train_config(penalty=penalty, penalty_lambda=lam)
     _, calls = _run(config, task)
     metrics = calls[0][1]
     if penalty == "none":
@@ -246,38 +213,38 @@ def test_every_penalty_runs(task: Task, penalty: str) -> None:
 def test_inactive_penalty_reports_no_train_penalty(
     task: Task, penalty: str, lam: float, depth: int
 ) -> None:
-    _, calls = _run(_config(penalty=penalty, penalty_lambda=lam, freeze_depth=depth), task)
+    _, calls = _run(train_config(penalty=penalty, penalty_lambda=lam, freeze_depth=depth), task)
     assert set(calls[0][1]) == BASE_KEYS
 
 
 def test_l2_sp_penalty_is_the_distance_to_pretrained(task: Task) -> None:
     # Anchored at the pretrained weights: after training the distance is small but positive.
-    _, calls = _run(_config(penalty="l2_sp", penalty_lambda=1.0, epochs=2), task)
+    _, calls = _run(train_config(penalty="l2_sp", penalty_lambda=1.0, epochs=2), task)
     values = [m["train_penalty"] for _, m in calls]
     assert 0 < values[0]
-    l2 = _run(_config(penalty="l2", penalty_lambda=1.0), task)[1][0][1]["train_penalty"]
+    l2 = _run(train_config(penalty="l2", penalty_lambda=1.0), task)[1][0][1]["train_penalty"]
     assert values[0] < l2  # distance to pretrained, not to zero
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs(task: Task, optimizer: str) -> None:
     lr = 1e-3 if optimizer in ("adam", "adamw", "rmsprop") else 0.05
-    config = _config(optimizer=optimizer, lr=lr, nesterov=optimizer == "momentum")
+    config = train_config(optimizer=optimizer, lr=lr, nesterov=optimizer == "momentum")
     result, calls = _run(config, task)
     _check_metrics(calls[0][1], config, len(task.data.train))
     # Training moved the weights.
-    assert not torch.equal(result.model.head.weight, _make_model(0).head.weight)
+    assert not torch.equal(result.model.head.weight, quadrants_model(0).head.weight)
 
 
 def test_batch_larger_than_the_data_is_clipped(task: Task) -> None:
-    config = _config(batch_size=10_000, epochs=2)
+    config = train_config(batch_size=10_000, epochs=2)
     _, calls = _run(config, task)
     assert [e for e, _ in calls] == [1, 2]
     _check_metrics(calls[-1][1], config, len(task.data.train))
 
 
 def test_config_is_not_modified(task: Task) -> None:
-    config = _config(epochs=1)
+    config = train_config(epochs=1)
     snapshot = dataclasses.asdict(config)
     fine_tune(config, task)
     assert dataclasses.asdict(config) == snapshot
@@ -297,7 +264,7 @@ def test_images_per_second_counts_the_training_time_only(
         return predict(*args, **kwargs)
 
     monkeypatch.setattr(train, "predict", slow_predict)
-    _, calls = _run(_config(epochs=1), task)
+    _, calls = _run(train_config(epochs=1), task)
     metrics = calls[0][1]
     train_seconds = len(task.data.train) / metrics["images_per_second"]
     assert train_seconds <= metrics["epoch_seconds"] - 0.5
@@ -342,7 +309,7 @@ def test_compiled_runs_stay_compiled_across_configurations(
     n_train, n_val = len(task.data.train), len(task.data.val)
     for batch_size, depth in ((32, 0), (48, 1), (16, 0), (32, 2)):
         calls = counting.calls
-        result = fine_tune(_config(epochs=2, batch_size=batch_size, freeze_depth=depth), task,
+        result = fine_tune(train_config(epochs=2, batch_size=batch_size, freeze_depth=depth), task,
                            compile=True)
         assert result.compiled == "compiled"
         assert [h["compiled"] for h in result.history] == [1.0, 1.0]
@@ -362,7 +329,7 @@ def test_a_run_that_cannot_stay_compiled_says_so(
     # One graph allowed, two needed (train and eval): even after a reset it cannot fit.
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     with pytest.warns(RuntimeWarning, match="torch.compile fallback"):
-        result = fine_tune(_config(epochs=2, batch_size=48), task, compile=True)
+        result = fine_tune(train_config(epochs=2, batch_size=48), task, compile=True)
     assert result.compiled is not None and result.compiled.startswith("fallback: ")
     assert result.history[-1]["compiled"] == 0.0
     assert math.isfinite(result.final["train_loss"])  # it trained on, eagerly
@@ -371,7 +338,7 @@ def test_a_run_that_cannot_stay_compiled_says_so(
 def test_fixed_shape_evaluation_pads_without_changing_the_logits(task: Task) -> None:
     from objectives.train import predict
 
-    model = _make_model(0)
+    model = quadrants_model(0)
     loose = predict(model, task.data.val, task, batch_size=30)  # 30, 30, 20
     fixed = predict(model, task.data.val, task, batch_size=30, fixed_shape=True)
     assert fixed.shape == (len(task.data.val), NUM_CLASSES)
@@ -381,8 +348,8 @@ def test_fixed_shape_evaluation_pads_without_changing_the_logits(task: Task) -> 
 def test_compiled_model_trains_like_the_eager_one(task: Task) -> None:
     # torch.compile's start-up (about a minute on 2 cores) is the cost of this test. Batches
     # of 48 divide the 240 training images: the compiled run drops no short batch.
-    eager = fine_tune(_config(epochs=1, batch_size=48), task)
-    compiled = fine_tune(_config(epochs=1, batch_size=48), task, compile=True)
+    eager = fine_tune(train_config(epochs=1, batch_size=48), task)
+    compiled = fine_tune(train_config(epochs=1, batch_size=48), task, compile=True)
     assert compiled.compiled == "compiled"
     assert compiled.final["train_loss"] == pytest.approx(eager.final["train_loss"], rel=1e-4)
     assert compiled.final["val_accuracy"] == pytest.approx(eager.final["val_accuracy"],

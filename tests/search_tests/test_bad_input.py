@@ -10,14 +10,7 @@ from pathlib import Path
 import pytest
 
 from search.run import main
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("search.run: error: ")
-    return lines[0]
+from tests.support import one_error_line
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from search.run import main
 from spaces.vision import RESOLUTIONS
 from tests.fake_data import write_cifar, write_image_folder
 from tests.search_tests.conftest import client, load_study, runs
-from tests.search_tests.test_bad_input import one_error_line
+from tests.support import one_error_line
 
 CIFAR10_CLASSES = tuple(f"class{c:02d}" for c in range(10))  # as tests/fake_data.py names them
 
