@@ -60,6 +60,41 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended, decided once (`ended_by`, or the trial's values) and recorded once:
+    Optuna's user attrs and the MLflow run's state, tags and final metrics."""
+
+    state: str  # COMPLETE, PRUNED or FAIL: the run's optuna.state
+    reason: str | None = None  # why it failed: Optuna's fail_reason, the run's tag
+    pruned_epoch: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    killed: bool = False  # interrupted: the run ends KILLED, not FAILED
+
+    def record(self, trial: optuna.Trial, run: TrialRun) -> None:
+        tags = dict(self.tags)
+        if self.reason is not None:
+            trial.set_user_attr("fail_reason", self.reason)
+            tags["optuna.fail_reason"] = self.reason
+        if self.pruned_epoch is not None:
+            trial.set_user_attr("pruned_epoch", self.pruned_epoch)
+            tags["optuna.pruned_epoch"] = str(self.pruned_epoch)
+        run.finish(self.state, tags=tags, metrics=self.metrics, killed=self.killed)
+
+
+def ended_by(error: BaseException, epoch: int) -> Outcome | None:
+    """The outcome of training that raised `error` after `epoch` epochs; None for an exit of
+    the process (SystemExit and the like), which records nothing."""
+    if isinstance(error, optuna.TrialPruned):
+        return Outcome("PRUNED", pruned_epoch=epoch)
+    if isinstance(error, KeyboardInterrupt):
+        return Outcome("FAIL", reason=recovery.INTERRUPTED, killed=True)
+    if not isinstance(error, Exception):
+        return None
+    return Outcome("FAIL", reason=failure_reason(error))
+
+
 @dataclass
 class TrialRunner:
     study: Study
@@ -110,10 +145,8 @@ class TrialRunner:
         try:
             config = self.study.space(trial, self.settings)
         except Exception as e:  # a bug in a space, or values it rejects: recorded like any
-            reason = f"in the search space: {failure_reason(e)}"
-            trial.set_user_attr("fail_reason", reason)
             run = self._start_run(trial, dict(trial.params))
-            run.finish("FAIL", tags={"optuna.fail_reason": reason})
+            Outcome("FAIL", reason=f"in the search space: {failure_reason(e)}").record(trial, run)
             self._link(trial, run)
             raise
         params = {k: v for k, v in config.to_dict().items() if k not in CONDITIONAL}
@@ -190,8 +223,7 @@ class TrialRunner:
                if not math.isfinite(v)]
         if bad:
             reason = f"{bad[0][0]} is {bad[0][1]}"
-            trial.set_user_attr("fail_reason", reason)
-            run.finish("FAIL", tags={"optuna.fail_reason": reason})
+            Outcome("FAIL", reason=reason).record(trial, run)
             raise ValueError(reason)
         if result.val_logits is not None and result.val_targets is not None:
             log_evaluation(run, result.val_logits, result.val_targets,
@@ -207,27 +239,24 @@ class TrialRunner:
             names = self.task.data.class_names
             recalls = per_class_recall(result.val_logits, result.val_targets, len(names))
             final.update({f"val_recall/{n}": r for n, r in zip(names, recalls, strict=True)})
-        run.finish("COMPLETE", tags=tags, metrics=final)
+        Outcome("COMPLETE", tags=tags, metrics=final).record(trial, run)
         return values[0] if len(values) == 1 else tuple(values)  # type: ignore[return-value]
 
     def _failed(self, trial: optuna.Trial, run: TrialRun, error: BaseException,
                 epoch: int) -> None:
-        """Record how training ended without a result: pruned, interrupted or failed."""
-        if isinstance(error, optuna.TrialPruned):
-            trial.set_user_attr("pruned_epoch", epoch)
-            run.finish("PRUNED", tags={"optuna.pruned_epoch": str(epoch)})
+        """Record how training ended without a result (pruned, interrupted or failed), then
+        what that asks of this process: memory given back, a retry, or a stop."""
+        outcome = ended_by(error, epoch)
+        if outcome is None:
+            return  # SystemExit and the like: the process is ending
+        outcome.record(trial, run)
+        if outcome.state == "PRUNED":
             if self.device == "cuda":
                 release_memory()  # the cache back to the GPU's other trials
             return
-        if isinstance(error, KeyboardInterrupt):
-            trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
-            run.finish("FAIL", tags={"optuna.fail_reason": recovery.INTERRUPTED}, killed=True)
+        if outcome.killed:
             return
-        if not isinstance(error, Exception):
-            return  # SystemExit and the like: the process is ending
-        reason = failure_reason(error)
-        trial.set_user_attr("fail_reason", reason)
-        run.finish("FAIL", tags={"optuna.fail_reason": reason})
+        reason = outcome.reason
         if cuda_broken(error) is not None:
             # Every later CUDA call in this process would fail too: stop after this trial.
             # Not retried: the configuration itself may be what broke the device.

@@ -305,3 +305,23 @@ def test_the_writer_process_stays_free_of_pytorch(tmp_path: Path) -> None:
     maps = Path(f"/proc/{tracker.writer._process.pid}/maps").read_text()
     tracker.close()
     assert "libtorch" not in maps  # nothing it is sent needs PyTorch to unpickle
+
+
+@pytest.mark.parametrize(("error", "state", "reason", "killed"), [
+    (optuna.TrialPruned("pruned at epoch 3"), "PRUNED", None, False),
+    (KeyboardInterrupt(), "FAIL", "interrupted", True),
+    (ValueError("lr must be a positive number"), "FAIL",
+     "ValueError: lr must be a positive number", False),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"), "FAIL",
+     "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB", False),
+])
+def test_each_way_training_ends_is_one_outcome(error: BaseException, state: str,
+                                               reason: str | None, killed: bool) -> None:
+    from search.trial import ended_by
+
+    outcome = ended_by(error, 3)
+    assert outcome is not None
+    assert (outcome.state, outcome.killed) == (state, killed)
+    assert outcome.reason is None if reason is None else outcome.reason.startswith(reason)
+    assert outcome.pruned_epoch == (3 if state == "PRUNED" else None)
+    assert ended_by(SystemExit(0), 3) is None  # the process is ending: nothing recorded
