@@ -60,6 +60,13 @@ SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; PostgreSQL adds "/.s.PGSQL.PORT"
 # helpers
 
 
+def server_env() -> dict[str, str]:
+    """The environment a server starts with: this one, less the mark of the test that happens
+    to start it (tests/conftest.py stops what a test leaves running; a server is a fixture's,
+    and outlives the test that first asked for it or restarted it)."""
+    return {k: v for k, v in os.environ.items() if k != "FINETUNE_SEARCH_TEST_PROCESS"}
+
+
 def free_port() -> int:
     """A port nothing listens on now (the kernel's pick for 127.0.0.1)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -257,7 +264,7 @@ class PostgresServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _popen_kwargs(self) -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = {k: v for k, v in server_env().items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         kwargs: dict[str, Any] = {"env": env, "cwd": self.socket_dir, "stdin": subprocess.DEVNULL}
         if self._account is not None:
@@ -463,6 +470,7 @@ class RedisServer:
             cwd=self.work_dir,
             start_new_session=True,
             preexec_fn=_parent_death_signal(signal.SIGTERM),
+            env=server_env(),
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -574,7 +582,7 @@ def mlflow_server(tmp_dir: Path, *, backend_store_uri: str | None = None
             start_new_session=True, preexec_fn=_parent_death_signal(signal.SIGTERM),
             # MLflow 3's server starts job consumers (huey, seven processes) by default: the
             # tests use none of those jobs.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={**server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     try:
         deadline = time.monotonic() + 90

@@ -154,6 +154,7 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert state is not None and torch.equal(state["a"], torch.arange(4))
 
 
+@pytest.mark.slow
 def test_no_checkpoint_changes_nothing(task: Task, tmp_path: Path) -> None:
     config = train_config(epochs=2, penalty="l2_sp", penalty_lambda=1e-3)
     plain = fine_tune(config, task)

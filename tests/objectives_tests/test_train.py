@@ -298,6 +298,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_runs_stay_compiled_across_configurations(
     task: Task, counting: CountingBackend, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -345,6 +346,7 @@ def test_fixed_shape_evaluation_pads_without_changing_the_logits(task: Task) -> 
     torch.testing.assert_close(fixed, loose)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(task: Task) -> None:
     # torch.compile's start-up (about a minute on 2 cores) is the cost of this test. Batches
     # of 48 divide the 240 training images: the compiled run drops no short batch.

@@ -57,6 +57,7 @@ def test_mlruns_that_cannot_be_written(tmp_path: Path, monkeypatch: pytest.Monke
     assert "cannot write to mlruns/" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_resume_with_other_epochs_is_refused(workdir: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--study", "digits", "--trials", "1", "--epochs", "2"]) == 0
@@ -66,6 +67,7 @@ def test_resume_with_other_epochs_is_refused(workdir: Path,
     assert "created with 2 epochs per trial, not 3" in line
 
 
+@pytest.mark.slow
 def test_command_line_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "search.run", "--study", "cifar-nope"], cwd=tmp_path,

@@ -12,6 +12,8 @@ import pytest
 from search.bench.gpu import SIZES
 from search.bench.suite import main
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 def test_gpu_acceptance_command_runs_every_step_on_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -12,6 +12,8 @@ from torch.nn.utils import parameters_to_vector
 from search.bench import throughput as bench_throughput
 from search.bench.throughput import _weights, main, throughput
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 def test_throughput_times_what_it_ran_and_both_sides_train(
         monkeypatch: pytest.MonkeyPatch) -> None:

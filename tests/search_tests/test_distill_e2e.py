@@ -18,6 +18,8 @@ from search.run import main as run_main
 from search.session import open_search
 from tests.search_tests.conftest import client, load_study
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 DISTILL = {"loss": "distill", "distill_temperature": 3.0, "distill_alpha": 0.7,
            "distill_base": "cross_entropy"}
 

@@ -21,6 +21,8 @@ from search.run import choose_gpus, main, run
 from search.runtime import MEMORY_FRACTION_ENV
 from search.session import Search, open_search
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 def test_a_storage_that_does_not_answer_skips_a_look_and_a_bug_still_raises() -> None:
     def database_restarting() -> int:

@@ -36,6 +36,8 @@ from search.run import main
 from tests.search_tests.conftest import client, runs
 from tests.servers import mlflow_server
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 CHROMIUM = "/usr/bin/chromium"
 FIRST_LOAD_MS = 90_000  # the React app's first load and first search on 2 busy cores
 STEP_MS = 45_000  # each later step (expanding a row, opening a page, loading an image)

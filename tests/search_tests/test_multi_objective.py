@@ -13,6 +13,8 @@ from search import report
 from search import run as search_run
 from tests.search_tests.conftest import load_study, runs
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 def test_accuracy_and_calibration_search_and_its_pareto_front(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,8 @@ from search.refit import _run_tags, evaluate, main
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 class _Untouchable:
     """A split that fails any use: the search must never look at the test split."""

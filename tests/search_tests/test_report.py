@@ -20,6 +20,8 @@ from search import report
 from search import run as search_run
 from tests.search_tests.conftest import client, load_study
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 SINGLE_PLOTS = ("optimization_history", "intermediate_values", "parallel_coordinate",
                 "param_importances", "slice")
 LOSSES = ("cross_entropy", "focal", "mse")

@@ -14,6 +14,8 @@ from objectives.models import small_cnn
 from search.run import main
 from tests.search_tests.conftest import client, load_study, runs
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 TINY = ["--study", "digits", "--epochs", "3"]
 
 

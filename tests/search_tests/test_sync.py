@@ -20,6 +20,8 @@ from search import run as search_run
 from search.sync import main
 from tests.search_tests.conftest import client, load_study, runs
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 SEARCH = ["--study", "digits", "--epochs", "2", "--pruner", "none"]
 SYNC = ["--study", "digits", "--settle", "0"]
 

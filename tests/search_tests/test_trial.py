@@ -21,6 +21,8 @@ from search.tracking import Tracker
 from search.trial import TrialRunner
 from spaces.base import Settings, Study
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 
 def tiny_task() -> Task:
     generator = torch.Generator().manual_seed(0)

@@ -24,6 +24,8 @@ from tests.fake_data import write_cifar, write_image_folder
 from tests.search_tests.conftest import client, load_study, runs
 from tests.support import one_error_line
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 CIFAR10_CLASSES = tuple(f"class{c:02d}" for c in range(10))  # as tests/fake_data.py names them
 
 

@@ -29,6 +29,8 @@ from tests.servers import (
     redis_server,
 )
 
+pytestmark = pytest.mark.slow  # real searches, processes or servers
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

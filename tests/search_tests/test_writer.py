@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from search.tracking import Tracker
 from search.writer import Writer, _noop
+
+pytestmark = pytest.mark.slow  # real searches, processes or servers
 
 SCRIPT = """
 import os, signal, sys

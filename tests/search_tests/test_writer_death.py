@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from search.sync import main as sync_main
 from tests.search_tests.conftest import client, load_study, runs
+
+pytestmark = pytest.mark.slow  # real searches, processes or servers
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
