@@ -14,7 +14,6 @@ import dataclasses
 import statistics
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 from search.cli import Parser, invoke, store_parser, teacher_parser
@@ -60,6 +59,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     from search import stores as stores_module
     from search.optuna_storage import open_storage
     from search.runtime import load_task, pick_device, quiet_libraries
+    from search.settings import StudySettings
     from search.urls import mask_url
 
     quiet_libraries()
@@ -75,21 +75,12 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
         raise UsageError(f"no study {name!r} in {mask_url(stores.storage)}: run python -m "
                          f"search.run --study {study} first") from None
     chosen = _pick(found, trial)
-    attrs = found.user_attrs
-    resolution = attrs.get("resolution", 0)
-    settings = spaces.Settings(
-        epochs=int(attrs.get("epochs", spec.epochs)), seed=int(attrs.get("seed", spec.seed)),
-        resolution=None if resolution == "search" else int(resolution),
-        distill=bool(attrs.get("teacher")),
-    )
-    if attrs.get("init") == "file" and weights is None:
+    fixed = StudySettings.from_attrs(found.user_attrs, spec)
+    settings = fixed.trial_settings()
+    if fixed.init == "file" and weights is None:
         raise UsageError(f"study {name!r} was started with --weights PATH: give it again")
-    options = spaces.TaskOptions(
-        seed=settings.seed, cache_dir=stores.cache_dir,
-        data_dir=Path(data_dir).expanduser() if data_dir else spec.data_dir,
-        backbone=attrs.get("backbone"), weights=Path(weights).expanduser() if weights else None,
-        pretrained=attrs.get("init") != "random",
-    )
+    options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir or None,
+                                 weights=weights)
     device = pick_device(device)
     config = spec.space(cast(optuna.Trial, optuna.trial.FixedTrial(chosen.params)), settings)
     task = load_task(spec, options, "cpu")
@@ -97,12 +88,12 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     if config.loss == "distill":  # the study's teacher, unless another one is given
         from search import teacher as teacher_module
 
-        teacher = teacher or attrs.get("teacher")
+        teacher = teacher or fixed.teacher
         if not teacher or "***" in teacher:
             raise UsageError(f"trial {chosen.number} distils from a teacher: give --teacher "
                              "(and --teacher-arch) as given to search.run")
         teacher_model = teacher_module.load(
-            teacher, arch=teacher_arch or attrs.get("teacher_arch"), task=task,
+            teacher, arch=teacher_arch or fixed.teacher_arch, task=task,
             tracking_uri=stores.client_uri, resolution=settings.resolution or 0)
     return _train_and_log(found, chosen, config, task, device=device, stores=stores,
                           register=register, teacher=teacher_model)
@@ -126,13 +117,11 @@ def _pick(study: Any, number: int | None) -> Any:
 
 def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: str,
                    stores: Any, register: str | None, teacher: Any = None) -> dict[str, Any]:
-    import mlflow
     import torch
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
 
     from objectives.data import Split, Task
     from objectives.train import fine_tune
+    from search.tracking.models import RefitRun
 
     data = task.data
     both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
@@ -140,20 +129,15 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
     # Train and val go to the device once, as a search's task does (the test split stays put).
     fit_task = Task(f"{task.name}-refit", fit_data, task.make_model).to(device)
 
-    client = MlflowClient(stores.client_uri)
-    experiment = client.get_experiment_by_name(study.study_name)
-    tags = _run_tags(study, chosen, device)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        study.study_name, artifact_location=stores.artifact_location)
-    run_id = client.create_run(experiment_id, run_name=f"refit-trial-{chosen.number}",
-                               tags=tags).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.to_dict().items()])
+    run = RefitRun(stores.client_uri, experiment=study.study_name,
+                   artifact_location=stores.artifact_location,
+                   run_name=f"refit-trial-{chosen.number}", tags=_run_tags(study, chosen, device),
+                   params=config.to_dict())
     status = "FAILED"
     try:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            client.log_batch(run_id, metrics=[
-                Metric(k, float(v), 0, epoch) for k, v in metrics.items()
-                if k in ("train_loss", "lr", "epoch_seconds")])
+            run.log_metrics({k: v for k, v in metrics.items()
+                             if k in ("train_loss", "lr", "epoch_seconds")}, step=epoch)
 
         try:
             model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch,
@@ -162,13 +146,12 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
             _device_failed(e)
             raise
         metrics = evaluate(model, fit_task, resolution=config.resolution)
-        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-        model_uri = _log_model(mlflow, stores.client_uri, run_id, model, data,
-                               config.resolution, register)
+        run.log_metrics(metrics)
+        model_uri = _log_model(run, model, data, config.resolution, register)
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status=status)
-    return {"trial": chosen.number, "run_id": run_id, "metrics": metrics,
+        run.end(status)
+    return {"trial": chosen.number, "run_id": run.run_id, "metrics": metrics,
             "model_uri": model_uri}
 
 
@@ -231,25 +214,13 @@ def evaluate(model: Any, task: Any, *, resolution: int) -> dict[str, float]:
     return metrics
 
 
-def _log_model(mlflow: Any, tracking_uri: str, run_id: str, model: Any, data: Any,
-               resolution: int, register: str | None) -> str:
-    import torch
-
+def _log_model(run: Any, model: Any, data: Any, resolution: int, register: str | None) -> str:
+    """The model as it serves (uint8 images in, logits out), logged in the refit's run."""
     from objectives.serving import ImageClassifier
 
     served = ImageClassifier(model.cpu().eval(), data, resolution=resolution).eval()
     example = data.train.x[:4].numpy()  # stored with the model: not from the test split
-    with torch.inference_mode():
-        output = served(torch.from_numpy(example)).numpy()
-    signature = mlflow.models.infer_signature(example, output)
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        # A pickled module, not MLflow's default torch.export graph: the graph cannot change
-        # device or mode, so it could not be trained further nor teach on a GPU (--teacher).
-        info = mlflow.pytorch.log_model(served, name="model", signature=signature,
-                                        input_example=example, serialization_format="pickle",
-                                        registered_model_name=register)
-    return str(info.model_uri)
+    return str(run.log_model(served, example, register=register))
 
 
 if __name__ == "__main__":

@@ -266,10 +266,9 @@ def log_report(study: optuna.Study, folder: Path, stores: Stores) -> str:
         return (f"warning: study {study.study_name!r} has no MLflow run (mlflow_parent_run_id): "
                 "the report is not logged to MLflow")
     try:
-        from mlflow import MlflowClient  # here: importing MLflow takes seconds
-        client = MlflowClient(stores.client_uri)
-        client.get_run(parent)  # a clear "not found" rather than an artifact store error
-        client.log_artifacts(parent, str(folder), "report")
+        from search.tracking.tracker import log_folder  # here: importing MLflow takes seconds
+
+        log_folder(stores.client_uri, parent, folder, "report")
     except Exception as e:  # any store or server error, as one line
         reason = mask_text(first_line(e), stores.tracking_uri)
         return (f"warning: report not logged to MLflow run {parent} in "

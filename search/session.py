@@ -21,6 +21,7 @@ from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.optuna_storage import open_storage, unavailable
 from search.runtime import device_tags, limit_gpu_memory, load_task, pick_device, quiet_libraries
+from search.settings import RESOLUTION_SEARCH, StudySettings, reconcile
 from search.study import (
     Budget,
     committed_count,
@@ -36,7 +37,6 @@ from search.urls import mask_text, mask_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
-RESOLUTION_SEARCH = "search"  # --resolution search: the study's resolutions are searched
 
 
 SETTLE_SECONDS = 30.0  # another node's trial this recent may still be being written by its writer
@@ -153,8 +153,8 @@ class Search:
         another node's that finished moments ago are left to that node, whose writer may still
         be writing them.
         """
-        from search.sync import FINISHED as DONE
-        from search.sync import sync_study
+        from search.tracking.rebuild import FINISHED as DONE
+        from search.tracking.rebuild import sync_study
 
         host = f"{recovery.node()}:"
         local = [t.number for t in self.study.get_trials(deepcopy=False, states=DONE)
@@ -230,27 +230,20 @@ def open_search(
         defaults.update(backbone=spec.backbone, init="imagenet",
                         resolution=RESOLUTION_SEARCH if spec.resolution is None
                         else spec.resolution)
-    fixed, existing = _study_settings(storage_obj, name, requested=requested, defaults=defaults)
-    metrics, directions = _objectives(
-        spec, fixed["objectives"].split(",") if fixed["objectives"] else None, sampler)
-    if fixed.get("init") == "file" and weights is None:
+    stored, existing = _stored(storage_obj, name)
+    fixed = StudySettings.from_attrs(
+        {**reconcile(stored, requested, defaults, name=name, trials=existing),
+         "space": spec.name, "seed": seed, "teacher_arch": teacher_arch}, spec)
+    metrics, directions = _objectives(spec, fixed.objectives, sampler)
+    if fixed.init == "file" and weights is None:
         raise UsageError(f"study {name!r} was created with a weights file: give --weights PATH "
                          "again to resume it")
-    if fixed["teacher"] and not teacher:
-        raise UsageError(f"study {name!r} distils from teacher {fixed['teacher']}: give "
+    if fixed.teacher and not teacher:
+        raise UsageError(f"study {name!r} distils from teacher {fixed.teacher}: give "
                          "--teacher (and --teacher-arch) again to resume it")
-    resolution = fixed.get("resolution", 0)
-    settings = spaces.Settings(
-        epochs=int(fixed["epochs"]), seed=seed,
-        resolution=None if resolution == RESOLUTION_SEARCH else int(resolution),
-        distill=teacher is not None,
-    )
-    options = spaces.TaskOptions(
-        seed=seed, cache_dir=stores.cache_dir,
-        data_dir=Path(data_dir).expanduser() if data_dir is not None else spec.data_dir,
-        backbone=fixed.get("backbone"), weights=Path(weights).expanduser() if weights else None,
-        pretrained=fixed.get("init") != "random",
-    )
+    settings = fixed.trial_settings()
+    options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
+                                 weights=weights)
     task = load_task(spec, options, load_device or device)  # bad input: exit 2, nothing made
     teacher_model = None
     if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
@@ -271,12 +264,9 @@ def open_search(
         # trial to its last epoch.
         pruner=make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
     )
-    for key, value in fixed.items():
+    attrs = fixed.attrs(image=spec.backbone is not None)  # search.refit reads them back
+    for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
-    optuna_study.set_user_attr("space", spec.name)
-    optuna_study.set_user_attr("seed", seed)  # search.refit rebuilds trials' configs with it
-    if teacher_arch:  # search.refit needs it to load the teacher again
-        optuna_study.set_user_attr("teacher_arch", teacher_arch)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
     optuna_study.set_user_attr("budget", budget)
     try:
@@ -296,10 +286,9 @@ def open_search(
                               "metric": ",".join(metrics),
                               "direction": ",".join(directions)}
     if spec.backbone is not None:
-        params.update(backbone=fixed["backbone"], resolution=fixed["resolution"],
-                      init=fixed["init"])
-    if fixed["teacher"]:
-        params["teacher"] = fixed["teacher"]
+        params.update({k: attrs[k] for k in ("backbone", "resolution", "init")})
+    if fixed.teacher:
+        params["teacher"] = fixed.teacher
     parent = tracker.study_run(
         run_id=optuna_study.user_attrs.get("mlflow_parent_run_id"), name=name, params=params,
         tags=run_tags,
@@ -315,7 +304,7 @@ def open_search(
     return search
 
 
-def _objectives(spec: spaces.Study, names: Sequence[str] | None,
+def _objectives(spec: spaces.Study, names: Sequence[str],
                 sampler: str) -> tuple[tuple[str, ...], list[str]]:
     """The metrics a trial returns and their directions."""
     from search.study import OBJECTIVES
@@ -383,37 +372,13 @@ class _FailureGuard:
                 study.stop()
 
 
-def _study_settings(storage: Any, name: str, *, requested: dict[str, Any],
-                    defaults: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The study's fixed settings (epochs, backbone, ...) and its number of trials so far.
-
-    A study keeps the settings it was created with, so that its trials stay comparable: an
-    option left out on resume takes the stored value, and a different one is refused.
-    """
+def _stored(storage: Any, name: str) -> tuple[dict[str, Any] | None, int]:
+    """Study `name`'s attrs and its number of trials; (None, 0) for a new study."""
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # a new study
-        return {k: requested[k] if requested[k] is not None else defaults[k]
-                for k in defaults}, 0
-    count = len(existing.get_trials(deepcopy=False))
-    fixed = {}
-    for key, default in defaults.items():
-        stored, wanted = existing.user_attrs.get(key), requested[key]
-        # Objectives and a teacher fix the study's directions and loss choices: a study made
-        # without them cannot take them on later.
-        strict = key in ("objectives", "teacher") and count > 0
-        if wanted is not None and wanted != stored and (stored is not None or strict):
-            what = _SETTING.get(key, key + " {}")
-            raise UsageError(
-                f"study {name!r} was created with {what.format(stored or 'none')}, not "
-                f"{what.format(wanted)}: leave the option out to resume it, or give --name NEW "
-                "to start another study"
-            )
-        fixed[key] = next((v for v in (stored, wanted, default) if v is not None), None)
-    return fixed, count
-
-
-_SETTING = {"epochs": "{} epochs per trial", "init": "{} initial weights"}
+    except KeyError:
+        return None, 0
+    return existing.user_attrs, len(existing.get_trials(deepcopy=False))
 
 
 def _summary(study: optuna.Study) -> dict[str, float]:

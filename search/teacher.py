@@ -53,12 +53,10 @@ def load(teacher: str, *, arch: str | None, task: Task, tracking_uri: str,
 
 
 def _load_mlflow(uri: str, tracking_uri: str) -> Any:
-    import mlflow
-    import mlflow.pytorch
+    from search.tracking.models import load_model
 
-    mlflow.set_tracking_uri(tracking_uri)  # where runs:/ and models:/ URIs are looked up
     try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        model = load_model(uri, tracking_uri)
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds; all mean "cannot load"
         reason = mask_text(_first_line(e), tracking_uri)
         raise UsageError(f"cannot load teacher {mask_url(uri)} from "

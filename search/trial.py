@@ -21,7 +21,7 @@ from objectives.losses import LOSS_PARAMS
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
 from search import recovery
-from search.artifacts import log_evaluation, log_model
+from search.tracking.artifacts import log_evaluation, log_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -1,5 +1,6 @@
 """The packages' dependency direction: search -> spaces -> objectives, nothing back; objectives
-never imports optuna or mlflow; no product module imports the benchmarks."""
+never imports optuna or mlflow; only search.tracking talks to MLflow; no product module imports
+the benchmarks."""
 
 from __future__ import annotations
 
@@ -47,4 +48,10 @@ def test_a_package_never_imports_the_layers_above_it(package: str,
 def test_no_product_module_imports_the_benchmarks() -> None:
     found = [line for package in ("objectives", "spaces", "search")
              for line in _offending(package, ("search.bench",), skip="search/bench")]
+    assert found == []
+
+
+def test_only_the_tracking_package_talks_to_mlflow() -> None:
+    found = [line for line in _offending("search", ("mlflow",), skip="search/tracking")
+             if not line.startswith("search/bench/")]  # a benchmark reads what it measured
     assert found == []

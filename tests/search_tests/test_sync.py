@@ -83,7 +83,7 @@ def test_a_deleted_tracking_store_is_rebuilt_once(
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["optuna.state"] == trial.state.name
         assert run.data.tags["search.backfilled"] == "true"
-        assert "not available" in run.data.tags["search.artifacts"]
+        assert "not available" in run.data.tags["search.tracking.artifacts"]
         assert run.data.params == {k: str(v) for k, v in trial.params.items()}
         history = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id,
                                                                       "val_accuracy")}

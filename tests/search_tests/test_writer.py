@@ -15,13 +15,13 @@ import pytest
 from mlflow import MlflowClient
 
 from search.tracking import Tracker
-from search.writer import Writer, _noop
+from search.tracking.writer import Writer, _noop
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
 SCRIPT = """
 import os, signal, sys
-from search.writer import Writer, _noop
+from search.tracking.writer import Writer, _noop
 
 if __name__ == "__main__":
     writer = Writer(sys.argv[1], replacements=0)

@@ -1,8 +1,8 @@
-"""MLflow tracking: one experiment per study, one parent run per study, one child run per trial.
+"""A search's runs: one experiment per study, one parent run per study, one child run per trial.
 
 Runs are attached by id through MlflowClient (`mlflow.parentRunId`), never through the
 process-global `mlflow.start_run` stack. The study-level calls (experiment, parent run) happen
-here, once per search; every trial-level write goes to the writer process (`search.writer`), in
+here, once per search; every trial-level write goes to the writer process (`writer`), in
 order, so a trial never waits on the tracking store. Per-epoch metrics are buffered, artifacts
 staged, and each trial's run is finished with one batch and one artifact copy.
 """
@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from search.writer import Writer, create_run
+from search.tracking.writer import Writer, create_run
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -223,6 +223,14 @@ class TrialRun:
             self.writer.send("log artifacts", _log_artifacts, self._artifacts, key=self.key)
         self.writer.send("end run", _end_run, status, key=self.key)
         self._buffer, self._artifacts = [], {}
+
+
+def log_folder(tracking_uri: str, run_id: str, folder: Path, artifact_path: str) -> None:
+    """Log `folder`'s files under `artifact_path` in the existing run `run_id` (a run that is
+    not there raises MLflow's clear "not found", not an artifact store's error)."""
+    client = MlflowClient(tracking_uri)
+    client.get_run(run_id)
+    client.log_artifacts(run_id, str(folder), artifact_path)
 
 
 def end_lost_run(client: MlflowClient, experiment_id: str | None, trial: FrozenTrial,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from search.render import confusion, confusion_csv, confusion_png, report_text
+from search.tracking.render import confusion, confusion_csv, confusion_png, report_text
 
 if TYPE_CHECKING:
-    from search.tracking import TrialRun
+    from search.tracking.tracker import TrialRun
 
 
 def log_evaluation(run: TrialRun, logits: torch.Tensor, targets: torch.Tensor,
