@@ -9,6 +9,7 @@ rebuilds the runs from Optuna's record), 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.cli import (
     Parser,
@@ -27,6 +28,9 @@ from search.cli import (
     store_parser,
     teacher_parser,
 )
+
+if TYPE_CHECKING:
+    from search.session import SearchOptions
 
 PROG = "search.run"
 
@@ -138,27 +142,30 @@ def _interrupt_on_sigterm() -> None:
 
 def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int | None = None,
         gpus: list[str] | None = None, trials_per_gpu: int = 1, worker: int | None = None,
-        **options: Any) -> int:
-    """Run or resume a search; `options` are open_search's. Returns the exit status."""
+        **asked: Any) -> int:
+    """Run or resume a search; `asked`: the command line's options of the search itself, made
+    into a SearchOptions record here. Returns the exit status."""
     from rich.console import Console
 
     from search.display import ProgressDisplay, leaderboard, state_summary
     from search.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
     from search.launch import Outcome, launch, physical_gpus, plan_workers
-    from search.session import open_search
+    from search.session import SearchOptions, open_search
     from search.stores import ui_command
     from search.urls import mask_url
 
+    options = SearchOptions(**asked)
     _interrupt_on_sigterm()
     if worker is not None:
-        return _work(timeout=timeout, worker=worker, **options)
-    gpus = choose_gpus(gpus, device=options.get("device", "auto"))
+        return _work(timeout=timeout, options=dataclasses.replace(options, owner=False,
+                                                                  worker=worker))
+    gpus = choose_gpus(gpus, device=options.device)
     plans = plan_workers(workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu)
     many = len(plans) > 1
     if gpus and not many:
         # Before anything starts CUDA (which reads the variable once): this process alone.
         os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpus(gpus)[0]
-    search = open_search(**options, load_device="cpu" if many else None)
+    search = open_search(dataclasses.replace(options, load_device="cpu" if many else None))
     # Logs and CI have no terminal: keep table rows whole rather than 80 columns wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
     name = search.study.study_name
@@ -239,12 +246,12 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
     return gpus
 
 
-def _work(*, timeout: float | None, worker: int, **options: Any) -> int:
+def _work(*, timeout: float | None, options: SearchOptions) -> int:
     """One worker of a launcher: trials until the budget; the launcher shows the progress."""
     from search.errors import DeviceFailed, TrackingLost
     from search.session import open_search
 
-    search = open_search(**options, owner=False, worker=worker)
+    search = open_search(options)
     status = "FINISHED"
     try:
         search.optimize(timeout=timeout)

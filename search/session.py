@@ -178,17 +178,39 @@ class Search:
                 "have no artifacts)")
 
 
-def open_search(
-    *, study: str, name: str | None = None, storage: str | None = None,
-    tracking_uri: str | None = None, trials: int | None = None, epochs: int | None = None,
-    sampler: str = "tpe", pruner: str = "hyperband", seed: int | None = None,
-    device: str = "auto", data_dir: str | Path | None = None, backbone: str | None = None,
-    weights: str | Path | None = None, pretrained: bool = True,
-    resolution: int | str | None = None, compile: bool = False, heartbeat: int = 30,
-    load_device: str | None = None, owner: bool = True, worker: int | None = None,
-    checkpoint_every: float = 30.0, objectives: Sequence[str] | None = None,
-    teacher: str | None = None, teacher_arch: str | None = None,
-) -> Search:
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search is asked to do: search.run's options, typed (the CLI builds this record;
+    the benchmarks and tests build it too). See `open_search` for what they mean."""
+
+    study: str
+    name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    trials: int | None = None
+    epochs: int | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int | None = None
+    device: str = "auto"
+    data_dir: str | Path | None = None
+    backbone: str | None = None
+    weights: str | Path | None = None
+    pretrained: bool = True
+    resolution: int | str | None = None
+    compile: bool = False
+    heartbeat: int = 30
+    checkpoint_every: float = 30.0
+    objectives: Sequence[str] | None = None
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    # How this process takes part, set by search.run rather than asked for by the user.
+    load_device: str | None = None
+    owner: bool = True
+    worker: int | None = None
+
+
+def open_search(options: SearchOptions) -> Search:
     """Open (or create) the study, its storage and its MLflow parent run; no trial runs yet.
 
     The data and pretrained weights are loaded first, so that missing or corrupt files are
@@ -200,6 +222,16 @@ def open_search(
     metric alone. `teacher` (an MLflow model URI, or a state dict file with `teacher_arch`)
     adds the distill loss to the space, so such a study is named apart: `<study>-distill`.
     """
+    # The options as the names this function has always used (some are refined below).
+    study, name, storage, tracking_uri = (options.study, options.name, options.storage,
+                                          options.tracking_uri)
+    trials, epochs, sampler, pruner, seed = (options.trials, options.epochs, options.sampler,
+                                             options.pruner, options.seed)
+    device, data_dir, backbone, weights, pretrained, resolution = (
+        options.device, options.data_dir, options.backbone, options.weights, options.pretrained,
+        options.resolution)
+    objectives, teacher, teacher_arch = options.objectives, options.teacher, options.teacher_arch
+    load_device, worker = options.load_device, options.worker
     try:
         spec = spaces.get_study(study)
     except ValueError as e:
@@ -216,7 +248,7 @@ def open_search(
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     lost_handler: list[Any] = []  # the search's, once it exists (see recovery)
     storage_obj = open_storage(
-        stores.storage, heartbeat=heartbeat,
+        stores.storage, heartbeat=options.heartbeat,
         on_stale=recovery.stale_trial_callback(lambda: lost_handler[0] if lost_handler else None),
     )
     teacher_spec = mask_url(teacher) if teacher else None
@@ -242,9 +274,9 @@ def open_search(
         raise UsageError(f"study {name!r} distils from teacher {fixed.teacher}: give "
                          "--teacher (and --teacher-arch) again to resume it")
     settings = fixed.trial_settings()
-    options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
-                                 weights=weights)
-    task = load_task(spec, options, load_device or device)  # bad input: exit 2, nothing made
+    task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
+                                      weights=weights)
+    task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
     teacher_model = None
     if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
         from search import teacher as teacher_module
@@ -296,9 +328,10 @@ def open_search(
     optuna_study.set_user_attr("mlflow_parent_run_id", parent)
     search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
                     metrics=metrics,
-                    parent_run_id=parent, budget=budget, settings=settings, options=options,
-                    device=device, compile=compile, run_tags=run_tags, owner=owner,
-                    checkpoint_seconds=checkpoint_every, teacher=teacher_model)
+                    parent_run_id=parent, budget=budget, settings=settings, options=task_options,
+                    device=device, compile=options.compile, run_tags=run_tags,
+                    owner=options.owner, checkpoint_seconds=options.checkpoint_every,
+                    teacher=teacher_model)
     lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search

@@ -221,11 +221,11 @@ def _open(name: str, *, device: str, resolution: int, epochs: int, trials: int,
           params: dict[str, Any]) -> Search:
     """A cifar10 search over the benchmark's files in the current folder, `trials` copies of
     `params` enqueued, its data loaded on the device."""
-    from search.session import open_search
+    from search.session import SearchOptions, open_search
 
-    search = open_search(study="cifar10", name=name, data_dir="data", weights="resnet18.pt",
-                         device=device, resolution=resolution, epochs=epochs, trials=trials,
-                         pruner="none", sampler="random")
+    search = open_search(SearchOptions(
+        study="cifar10", name=name, data_dir="data", weights="resnet18.pt", device=device,
+        resolution=resolution, epochs=epochs, trials=trials, pruner="none", sampler="random"))
     for _ in range(trials):
         search.study.enqueue_trial(params)
     search.task()

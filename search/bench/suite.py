@@ -34,7 +34,7 @@ from search.cli import Parser, positive_float
 from search.errors import UsageError
 from search.optuna_storage import open_storage
 from search.runtime import pick_device, quiet_libraries
-from search.session import open_search
+from search.session import SearchOptions, open_search
 from search.study import FINISHED
 from spaces import Settings
 
@@ -75,9 +75,9 @@ def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
     params = _sample_params(trials, seed=1, epochs=spec.epochs)
     ratios, bare_total, tracked_total = [], 0.0, 0.0
     for r in range(rounds):
-        search = open_search(study="digits", name=f"overhead-{r}", trials=trials,
-                             sampler="random", pruner="none", device="cpu",
-                             **_stores(workdir / f"overhead-{r}"))
+        search = open_search(SearchOptions(
+            study="digits", name=f"overhead-{r}", trials=trials, sampler="random",
+            pruner="none", device="cpu", **_stores(workdir / f"overhead-{r}")))
         task = search.task()  # loaded (and cached in this process) outside both timings
         fine_tune(spec.space(_fixed(params[0]), Settings(epochs=1, seed=0)), task)  # warm
         for i, p in enumerate(params):
@@ -119,8 +119,9 @@ def pruning(*, trials: int, seeds: list[int], workdir: Path) -> dict[str, dict[s
     for seed in seeds:
         for pruner in runs:
             name = f"pruning-{pruner}-{seed}"
-            search = open_search(study="digits", name=name, trials=trials, pruner=pruner,
-                                 seed=seed, device="cpu", **_stores(workdir / name))
+            search = open_search(SearchOptions(
+                study="digits", name=name, trials=trials, pruner=pruner, seed=seed,
+                device="cpu", **_stores(workdir / name)))
             search.task()
             started = time.perf_counter()
             search.optimize()
@@ -156,8 +157,9 @@ def quickstart(*, workdir: Path) -> dict[str, float]:
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"quickstart failed ({result.returncode}): {result.stderr[-2000:]}")
-    search = open_search(study="digits", storage=str(folder / "mlruns" / "optuna.journal"),
-                         tracking_uri=f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    search = open_search(SearchOptions(
+        study="digits", storage=str(folder / "mlruns" / "optuna.journal"),
+        tracking_uri=f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"))
     best = search.study.best_value
     search.close()
     return {"seconds": seconds, "best": best}

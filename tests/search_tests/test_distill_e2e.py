@@ -15,7 +15,7 @@ from torch import nn
 from search import report
 from search.refit import main as refit_main
 from search.run import main as run_main
-from search.session import open_search
+from search.session import SearchOptions, open_search
 from tests.search_tests.conftest import client, load_study
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
@@ -38,8 +38,8 @@ def test_a_study_with_a_teacher_searches_distillation(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher = refit_model_uri(workdir, capsys)
 
-    search = open_search(study="digits", trials=3, epochs=2, pruner="none", device="cpu",
-                         teacher=teacher)
+    search = open_search(SearchOptions(study="digits", trials=3, epochs=2, pruner="none",
+                                       device="cpu", teacher=teacher))
     assert search.study.study_name == "digits-distill"  # its own study: other loss choices
     search.study.enqueue_trial(DISTILL)
     search.study.enqueue_trial({**DISTILL, "distill_alpha": 0.1, "distill_base": "focal"})

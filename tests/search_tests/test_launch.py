@@ -19,7 +19,7 @@ from search.display import ProgressDisplay
 from search.launch import Worker, _unless_storage_down, launch, physical_gpus, plan_workers
 from search.run import choose_gpus, main, run
 from search.runtime import MEMORY_FRACTION_ENV
-from search.session import Search, open_search
+from search.session import Search, SearchOptions, open_search
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
@@ -63,7 +63,7 @@ def test_a_lone_worker_on_gpu_1_of_4_5_lands_on_physical_gpu_5(
     monkeypatch.setattr("search.runtime.visible_gpus", lambda: ["0", "1"])
     seen = {}
 
-    def open_search(**options: object) -> None:
+    def open_search(options: object) -> None:
         seen["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
         raise Opened
 
@@ -111,7 +111,7 @@ def test_gpus_that_do_not_exist_are_bad_input(
 
 @pytest.fixture
 def digits_search(workdir: Path) -> Iterator[Search]:
-    search = open_search(study="digits", trials=2, device="cpu")
+    search = open_search(SearchOptions(study="digits", trials=2, device="cpu"))
     yield search
     search.close()
 
