@@ -197,10 +197,11 @@ def _unless_storage_down(read: Callable[[], T]) -> T | None:
         raise
 
 
-def _fail_trials_of(search: Search, workers: Sequence[Worker]) -> list[int]:
+def _fail_trials_of(search: Search, workers: Sequence[Worker], *,
+                    reason: str = recovery.LOST) -> list[int]:
     ids = {recovery.worker_id(w.pid) for w in workers if w.process is not None}
     return recovery.fail_lost_trials(search.study, lost=ids.__contains__,
-                                     on_lost=search.end_lost_run)
+                                     on_lost=search.end_lost_run, reason=reason)
 
 
 def _stop(workers: Sequence[Worker], search: Search) -> None:
@@ -217,7 +218,9 @@ def _stop(workers: Sequence[Worker], search: Search) -> None:
         except subprocess.TimeoutExpired:
             worker.process.kill()  # type: ignore[union-attr]
             worker.process.wait()  # type: ignore[union-attr]
-    _fail_trials_of(search, workers)
+    # What a stopped worker left RUNNING (it was stopped between two steps of Optuna's own
+    # bookkeeping, or did not stop in time) was interrupted by this stop, not lost.
+    _fail_trials_of(search, workers, reason=recovery.INTERRUPTED)
 
 
 def _show_new(search: Search, display: ProgressDisplay, seen: set[int]) -> None:

@@ -224,9 +224,12 @@ def test_sigterm_stops_the_launcher_and_a_rerun_resumes(workdir: Path) -> None:
     assert time.monotonic() - started < 60
     study = load(storage, "digits")
     check_nothing_left_running(workdir, study)
-    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted"
-                               for t in interrupted)
+    # The running trials were interrupted (a trial may also have failed on its own before).
+    reasons = {t.number: t.user_attrs.get("fail_reason") for t in study.trials
+               if t.state == TrialState.FAIL}
+    interrupted = [t for t in study.trials if reasons.get(t.number) == "interrupted"]
+    assert interrupted, (reasons, output)
+    assert not [r for r in reasons.values() if str(r).startswith("worker lost")], reasons
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     assert {t.system_attrs["failed_trial"] for t in waiting} == {t.number for t in interrupted}
     assert client(workdir).get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == \
