@@ -26,6 +26,7 @@ from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
 from search.errors import UsageError
 from search.optuna_storage import open_storage
+from search.settings import stored_objectives
 from search.stores import Stores, resolve
 from search.study import OBJECTIVES
 from search.urls import mask_text, mask_url, scheme, sqlite_file
@@ -131,8 +132,7 @@ def load(storage: str, name: str, study: str) -> optuna.Study:
 
 def pick_target(study: optuna.Study, metric: str) -> tuple[list[str], Target]:
     """The metric behind each value of a trial (as search.run names them), and the target."""
-    names = str(study.user_attrs.get("objectives") or "").split(",")
-    metrics = [OBJECTIVES[n][0] for n in names if n in OBJECTIVES]
+    metrics = [OBJECTIVES[n][0] for n in stored_objectives(study.user_attrs) if n in OBJECTIVES]
     if len(metrics) != len(study.directions):  # a study made outside search.run
         metrics = [metric, *(f"objective_{i}" for i in range(1, len(study.directions)))]
     # "Which loss fine-tunes best" is about accuracy: rank by it wherever the study has it.

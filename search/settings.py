@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import spaces
 from search.errors import UsageError
+
+if TYPE_CHECKING:  # spaces imports PyTorch: search.report reads settings without it
+    import spaces
 
 RESOLUTION_SEARCH = "search"  # --resolution search, and its stored form: resolutions searched
 INITS = ("imagenet", "random", "file")  # where an image study's initial weights come from
@@ -44,11 +46,10 @@ class StudySettings:
     def from_attrs(cls, attrs: Mapping[str, Any], spec: spaces.Study) -> StudySettings:
         """The settings of a stored study; what it does not hold is the space's default."""
         resolution = attrs.get("resolution", 0)
-        objectives = attrs.get("objectives")
         return cls(
             space=str(attrs.get("space", spec.name)), seed=int(attrs.get("seed", spec.seed)),
             epochs=int(attrs.get("epochs", spec.epochs)),
-            objectives=tuple(objectives.split(",")) if objectives else (),
+            objectives=stored_objectives(attrs),
             teacher=attrs.get("teacher"), teacher_arch=attrs.get("teacher_arch"),
             backbone=attrs.get("backbone"),
             resolution=None if resolution == RESOLUTION_SEARCH else int(resolution),
@@ -71,6 +72,8 @@ class StudySettings:
         return attrs
 
     def trial_settings(self) -> spaces.Settings:
+        import spaces
+
         return spaces.Settings(epochs=self.epochs, seed=self.seed, resolution=self.resolution,
                                distill=self.teacher is not None)
 
@@ -79,12 +82,20 @@ class StudySettings:
                      ) -> spaces.TaskOptions:
         """Where the data and weights come from: the command line's folders, the study's
         backbone and initial weights."""
+        import spaces
+
         return spaces.TaskOptions(
             seed=self.seed, cache_dir=cache_dir,
             data_dir=Path(data_dir).expanduser() if data_dir is not None else spec.data_dir,
             backbone=self.backbone, weights=Path(weights).expanduser() if weights else None,
             pretrained=self.init != "random",
         )
+
+
+def stored_objectives(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """A study's objectives as stored (names joined by commas); () = its metric alone."""
+    objectives = attrs.get("objectives")
+    return tuple(str(objectives).split(",")) if objectives else ()
 
 
 def reconcile(stored: Mapping[str, Any] | None, requested: Mapping[str, Any],

@@ -1,0 +1,85 @@
+"""Recovery without a real search: lost workers recognised, their trials failed once with a
+reason and retried (up to MAX_RETRY, intermediate values kept), checkpoints shared by retries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import recovery
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(direction="maximize")
+
+
+def _running(study: optuna.Study, worker: str, epochs: int = 2) -> optuna.Trial:
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    trial.set_user_attr(recovery.WORKER, worker)
+    for epoch in range(1, epochs + 1):
+        trial.report(0.5 + epoch / 10, epoch)
+    return trial
+
+
+def test_a_worker_of_this_host_whose_process_ended_is_dead(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setenv(recovery.NODE_ENV, "node-a")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    assert recovery.local_worker_dead(f"node-a:{ended.stdout.strip()}")
+    assert not recovery.local_worker_dead(recovery.worker_id())  # this process
+    assert not recovery.local_worker_dead(f"node-b:{ended.stdout.strip()}")  # another node's
+    assert not recovery.local_worker_dead("node-a:not-a-pid")
+
+
+def test_lost_trials_fail_once_with_their_reason_and_are_retried(study: optuna.Study) -> None:
+    lost = _running(study, "node-a:1")
+    alive = _running(study, "node-a:2")
+    seen = []
+    failed = recovery.fail_lost_trials(
+        study, lost={"node-a:1"}.__contains__,
+        on_lost=lambda trial, reason, again: seen.append((trial.number, reason, again)))
+    assert failed == [lost.number]
+    frozen = study.trials[lost.number]
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == "worker lost"
+    assert study.trials[alive.number].state == TrialState.RUNNING
+    (number, reason, again), = seen
+    assert (number, reason) == (lost.number, "worker lost")
+    retry = study.trials[again]
+    assert retry.state == TrialState.WAITING and retry.params == frozen.params
+    assert recovery.retry_of(retry) == lost.number
+    assert retry.intermediate_values == {1: 0.6, 2: 0.7}  # the retry resumes where it was
+    # A second look changes nothing: the trial is finished.
+    assert recovery.fail_lost_trials(study, lost={"node-a:1"}.__contains__) == []
+
+
+def test_a_trial_is_retried_at_most_max_retry_times(study: optuna.Study) -> None:
+    chain = [_running(study, "w").number]
+    for _ in range(recovery.MAX_RETRY + 1):
+        study.tell(chain[-1], state=TrialState.FAIL)
+        again = recovery.retry(study, study.trials[chain[-1]])
+        if again is None:
+            break
+        started = study.ask()  # the WAITING retry, taken by the next worker
+        assert started.number == again
+        chain.append(again)
+    assert len(chain) == 1 + recovery.MAX_RETRY
+    assert all(recovery.retry_of(study.trials[n]) == chain[0] for n in chain[1:])
+
+
+def test_every_retry_shares_the_first_trial_s_checkpoint(study: optuna.Study,
+                                                         tmp_path: Path) -> None:
+    first = _running(study, "w")
+    study.tell(first.number, state=TrialState.FAIL)
+    again = recovery.retry(study, study.trials[first.number])
+    assert again is not None
+    path = recovery.checkpoint_path(tmp_path, "s", study.trials[again])
+    assert path == recovery.checkpoint_path(tmp_path, "s", study.trials[first.number])
+    assert path == tmp_path / "s" / f"trial-{first.number}.pt"
