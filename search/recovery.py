@@ -12,10 +12,12 @@ intermediate values.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -84,6 +86,39 @@ def local_worker_dead(worker: str) -> bool:
     except PermissionError:  # alive, someone else's
         return False
     return False
+
+
+def claim_at_birth(study: optuna.Study) -> None:
+    """Make every trial this process asks for its own from the moment Optuna creates it.
+
+    Optuna's optimize loop creates the trial, RUNNING, in `ask`, then calls the objective, which
+    records the worker. An interrupt (Ctrl-C, SIGTERM) landing between the two left a RUNNING
+    trial that nobody owned. Interrupts wait while `ask` runs and the worker is recorded, and
+    are delivered right after; `fail_own_trials` then finds the trial. Written here because
+    Optuna has no hook between creating a trial and running it.
+    """
+    if getattr(study, "_claims_at_birth", False):
+        return
+    ask = study.ask
+
+    def ask_and_claim(fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        interrupts = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+        try:
+            trial = ask(fixed_distributions)
+            trial.set_user_attr(WORKER, worker_id())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return trial
+
+    study.ask = ask_and_claim  # type: ignore[method-assign]
+    study._claims_at_birth = True  # type: ignore[attr-defined]
+
+
+def fail_own_trials(study: optuna.Study, *, on_lost: OnLost | None = None) -> list[int]:
+    """Fail, as interrupted, the trials this process leaves RUNNING as it stops (an interrupt
+    between Optuna's steps and the objective's own), and queue their retries."""
+    return fail_lost_trials(study, lost=worker_id().__eq__, on_lost=on_lost, reason=INTERRUPTED)
 
 
 def fail_lost_trials(study: optuna.Study, *, lost: Callable[[str], bool],

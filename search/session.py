@@ -99,13 +99,18 @@ class Search:
                              checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         failures = _FailureGuard(limit=max(self.budget, 10))
         limit_gpu_memory(self.device)
-        self.study.optimize(
-            runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-            callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget)],
-            # A failed or pruned trial's memory is freed by the runner itself (see
-            # objectives.failures.free_after): a full collection per trial is not needed.
-            gc_after_trial=False,
-        )
+        recovery.claim_at_birth(self.study)
+        try:
+            self.study.optimize(
+                runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+                callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget)],
+                # A failed or pruned trial's memory is freed by the runner itself (see
+                # objectives.failures.free_after): a full collection per trial is not needed.
+                gc_after_trial=False,
+            )
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing of this process stays RUNNING
+            recovery.fail_own_trials(self.study, on_lost=self.end_lost_run)
+            raise
         if runner.broken is not None:
             raise DeviceFailed(f"{runner.broken}; this process cannot use the GPU again: run "
                                "the same command again to go on (a launcher's workers are "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -83,3 +84,35 @@ def test_every_retry_shares_the_first_trial_s_checkpoint(study: optuna.Study,
     path = recovery.checkpoint_path(tmp_path, "s", study.trials[again])
     assert path == recovery.checkpoint_path(tmp_path, "s", study.trials[first.number])
     assert path == tmp_path / "s" / f"trial-{first.number}.pt"
+
+
+def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
+        study: optuna.Study) -> None:
+    import os
+    import signal
+
+    real_ask = study.ask
+
+    def ask_then_interrupted(fixed_distributions: object = None) -> optuna.Trial:
+        trial = real_ask()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after Optuna created the trial
+        return trial
+
+    study.ask = ask_then_interrupted  # type: ignore[method-assign]
+    recovery.claim_at_birth(study)
+    interrupted = False
+    try:
+        study.ask()
+        for _ in range(100):  # Python runs the handler at its next check, here at the latest
+            time.sleep(0)
+    except KeyboardInterrupt:
+        interrupted = True
+    assert interrupted
+    (trial,) = study.trials
+    assert trial.state == TrialState.RUNNING
+    assert trial.user_attrs[recovery.WORKER] == recovery.worker_id()  # claimed before it
+    assert recovery.fail_own_trials(study) == [trial.number]
+    assert study.trials[trial.number].user_attrs["fail_reason"] == "interrupted"
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert recovery.retry_of(retry) == trial.number
+    assert recovery.fail_own_trials(study) == []  # others' trials, and finished ones, stay
