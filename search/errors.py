@@ -21,3 +21,8 @@ class TrackingLost(Exception):
 
 
 EXIT_TRACKING_LOST = 4  # the exit status of a search stopped by TrackingLost
+
+
+def first_line(error: object) -> str:
+    """An error's first line, for a one-line message (its type when it says nothing)."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
-from search.errors import UsageError
+from search.errors import UsageError, first_line
 from search.optuna_storage import open_storage
 from search.settings import stored_objectives
 from search.stores import Stores, resolve
@@ -274,10 +274,6 @@ def log_report(study: optuna.Study, folder: Path, stores: Stores) -> str:
         return (f"warning: report not logged to MLflow run {parent} in "
                 f"{mask_url(stores.tracking_uri)}: {reason}")
     return f"logged under report/ in MLflow run {parent}"
-
-
-def first_line(error: object) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # spaces imports PyTorch: search.report reads settings withou
     import spaces
 
 RESOLUTION_SEARCH = "search"  # --resolution search, and its stored form: resolutions searched
-INITS = ("imagenet", "random", "file")  # where an image study's initial weights come from
 # Settings a study cannot take on once it has trials, even if it was made without them:
 # objectives fix its directions, a teacher its loss choices.
 STRICT = ("objectives", "teacher")

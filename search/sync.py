@@ -21,14 +21,13 @@ from collections.abc import Sequence
 
 from search import recovery
 from search.cli import Parser, invoke, non_negative_float, store_parser
-from search.errors import UsageError
+from search.errors import UsageError, first_line
 from search.tracking import end_lost_run
 from search.tracking.rebuild import (
     SyncReport,
     TrackingStoreError,
     end_parent,
     find_parent,
-    first_line,
     note_warning,
     sync_study,
     tracking_client,

@@ -190,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="CIFAR-10 JPEGs (FOLDER/train/<class>/*.jpg or FOLDER/<class>/"
                              "*.jpg); default: random images")
     args = parser.parse_args(argv)
+    if args.data is not None and not args.data.is_dir():
+        print(f"search.bench.throughput: error: --data {args.data} is not a folder: give the "
+              "folder of CIFAR-10 JPEGs, or leave it out for random images", file=sys.stderr)
+        return 2
     r = throughput(device=args.device, backbone=args.backbone, resolution=args.resolution,
                    batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                    rounds=args.rounds, workers=args.workers, data=args.data)
-    measured = args.data is not None and args.data.is_dir()
-    source = args.data if measured else "random uint8 images"
+    source = args.data if args.data is not None else "random uint8 images"
     print(f"{r['backbone']} {r['resolution']}px, batch {r['batch_size']}, {args.steps} steps x "
           f"{args.rounds} rounds (medians), {r['device']}; {r['images']} images from {source}")
     print(f"  ours      fine_tune, uint8 + augmentation on device  "

@@ -256,7 +256,3 @@ def note_warning(warnings: list[str], warning: str | None) -> None:
     if warning is not None:
         warnings.append(warning)
 
-
-def first_line(error: object) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-

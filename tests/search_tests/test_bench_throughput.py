@@ -63,3 +63,11 @@ def test_the_benchmark_refuses_a_data_folder_that_is_not_there(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("search.bench: error: --data-dir ") and "is not a folder" in err
+
+
+def test_the_throughput_benchmark_refuses_a_data_folder_that_is_not_there(
+        capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    assert main(["--data", f"{tmp_path}/absent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("search.bench.throughput: error: --data ")
