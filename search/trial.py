@@ -128,8 +128,11 @@ class TrialRunner:
 
     def _claim(self, trial: optuna.Trial) -> tuple[FrozenTrial, dict[str, str]]:
         """Record which worker runs the trial; for a retry, tags that link the lost trial."""
-        trial.set_user_attr(recovery.WORKER, recovery.worker_id())
         state = recovery.frozen(trial)
+        # Search.optimize claims trials as Optuna creates them (recovery.claim_at_birth): write
+        # only when that did not happen, or when a retry holds its lost worker's id.
+        if state.user_attrs.get(recovery.WORKER) != recovery.worker_id():
+            trial.set_user_attr(recovery.WORKER, recovery.worker_id())
         first = recovery.retry_of(state)
         if first is None:
             return state, {}
