@@ -144,6 +144,18 @@ class TrialRunner:
         return state, tags
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (a preempted job), wherever it lands in the trial: the trial
+            # fails as "interrupted", and its retry, queued now, resumes from the checkpoint
+            # when the search runs again.
+            if trial.user_attrs.get("fail_reason") != recovery.INTERRUPTED:
+                trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
+            recovery.retry(trial.study, recovery.frozen(trial))
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         state, retry_tags = self._claim(trial)
         try:
             config = self.study.space(trial, self.settings)
@@ -179,10 +191,7 @@ class TrialRunner:
         try:
             return self._train(trial, config, run, on_epoch, lambda: last_epoch, checkpoint)
         except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM (a preempted job): the trial fails as "interrupted", and its
-            # retry, queued now, resumes from the checkpoint when the search runs again.
-            keep = True
-            recovery.retry(trial.study, recovery.frozen(trial))
+            keep = True  # for the retry (see __call__)
             raise
         finally:
             self._link(trial, run)
