@@ -4,6 +4,7 @@ reason and retried (up to MAX_RETRY, intermediate values kept), checkpoints shar
 from __future__ import annotations
 
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -96,10 +97,17 @@ def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
     def ask_then_interrupted(fixed_distributions: object = None) -> optuna.Trial:
         trial = real_ask()
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after Optuna created the trial
+        for _ in range(50):  # time for any thread to take the signal, and Python to check
+            time.sleep(0.002)
         return trial
 
     study.ask = ask_then_interrupted  # type: ignore[method-assign]
     recovery.claim_at_birth(study)
+    # Another thread runs, as MLflow's queue feeder and the progress display do in a search:
+    # the kernel may hand it the signal, and Python still raises in the main thread.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
     interrupted = False
     try:
         study.ask()
@@ -107,6 +115,9 @@ def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
             time.sleep(0)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        stop.set()
+        other.join()
     assert interrupted
     (trial,) = study.trials
     assert trial.state == TrialState.RUNNING
@@ -116,3 +127,32 @@ def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     assert recovery.retry_of(retry) == trial.number
     assert recovery.fail_own_trials(study) == []  # others' trials, and finished ones, stay
+
+
+def test_interrupts_held_are_delivered_once_the_block_ends() -> None:
+    import os
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # what search.run does with SIGTERM
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # a thread the kernel may give the signal to
+    other.start()
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with recovery.interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                for step in range(50):
+                    time.sleep(0.002)
+                    steps.append(step)
+        assert len(steps) == 50  # the block ran to its end
+        assert signal.getsignal(signal.SIGTERM) is terminate  # the handlers are back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        stop.set()
+        other.join()
+        signal.signal(signal.SIGTERM, before)
