@@ -4,8 +4,8 @@ reason and retried (up to MAX_RETRY, intermediate values kept), checkpoints shar
 from __future__ import annotations
 
 import subprocess
-import threading
 import sys
+import threading
 import time
 from pathlib import Path
 
