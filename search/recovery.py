@@ -145,7 +145,7 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(number, handler)
         if caught:
             signum, frame = caught[0]
-            handler = previous[signum]
+            handler = previous[signal.Signals(signum)]
             if callable(handler):
                 handler(signum, frame)  # Python's Ctrl-C handler raises KeyboardInterrupt here
             elif handler == signal.SIG_DFL:
