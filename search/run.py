@@ -58,6 +58,16 @@ def build_parser() -> Parser:
                         help="several validation metrics at once, e.g. accuracy,ece: a "
                              "multi-objective study (not pruned; search.report shows its "
                              "Pareto front); names: accuracy, ece, cross_entropy, f1")
+    group = parser.add_argument_group(
+        "narrowing the space (stored with the study: a resume keeps it)")
+    group.add_argument("--fix", type=assignment, action="append", default=[],
+                       metavar="NAME=VALUE",
+                       help="hold a parameter of the space at one value, e.g. loss=focal or "
+                            "lr=0.01 (repeatable); it is still logged with every trial")
+    group.add_argument("--choices", type=assignment, action="append", default=[],
+                       metavar="NAME=A,B",
+                       help="search a categorical parameter over some of its choices, e.g. "
+                            "optimizer=adamw,sgd (repeatable)")
     group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
     group.add_argument("--workers", type=positive_int, default=None,
                        help="worker processes on this node (default: one per GPU and "
@@ -105,6 +115,15 @@ def objective_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"must be distinct names among {', '.join(OBJECTIVES)}, got {text!r}")
     return names
+
+
+def assignment(text: str) -> tuple[str, str]:
+    from search.narrowing import parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def gpu_list(text: str) -> list[str]:

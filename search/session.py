@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
+from search import narrowing as narrowing_module
 from search import recovery
 from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
@@ -63,6 +65,7 @@ class Search:
     # checked (the tracking store did not answer).
     untracked: int | None = 0
     recovered: set[int] = field(default_factory=set)  # trials this process failed as lost
+    fixed: tuple[str, ...] = ()  # parameters held at one value (--fix): tagged on every run
 
     @property
     def epochs(self) -> int:
@@ -92,6 +95,8 @@ class Search:
         if committed_count(self.study) >= self.budget:
             return
         tags = device_tags(self.device)
+        if self.fixed:
+            tags["search.fixed"] = ",".join(self.fixed)
         runner = TrialRunner(study=self.spec, task=self.task(), tracker=self.tracker,
                              parent_run_id=self.parent_run_id, settings=self.settings,
                              device=self.device, compile=self.compile, tags=tags,
@@ -209,6 +214,8 @@ class SearchOptions:
     objectives: Sequence[str] | None = None
     teacher: str | None = None
     teacher_arch: str | None = None
+    fix: Sequence[tuple[str, str]] = ()  # --fix NAME=VALUE, as (name, value text)
+    choices: Sequence[tuple[str, str]] = ()  # --choices NAME=A,B, as (name, "A,B")
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True
@@ -279,6 +286,7 @@ def open_search(options: SearchOptions) -> Search:
         raise UsageError(f"study {name!r} distils from teacher {fixed.teacher}: give "
                          "--teacher (and --teacher-arch) again to resume it")
     settings = fixed.trial_settings()
+    narrowing = _narrowing(spec, settings, stored, existing, options, name=name)
     task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
                                       weights=weights)
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
@@ -302,6 +310,8 @@ def open_search(options: SearchOptions) -> Search:
         pruner=make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
     )
     attrs = fixed.attrs(image=spec.backbone is not None)  # search.refit reads them back
+    attrs.update(narrowing=narrowing.asked(), choices={k: list(v)
+                                                       for k, v in narrowing.pinned.items()})
     for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
@@ -319,6 +329,8 @@ def open_search(options: SearchOptions) -> Search:
                 "search.storage": mask_url(stores.storage), "search.device": device,
                 "optuna.study_name": name, "search.role": "study"}
     run_tags.update({f"search.{k}": v for k, v in device_tags(device).items()})
+    if narrowing:
+        run_tags["search.narrowing"] = narrowing.describe()
     params: dict[str, Any] = {"study": spec.name, "epochs": settings.epochs, "seed": seed,
                               "metric": ",".join(metrics),
                               "direction": ",".join(directions)}
@@ -331,15 +343,35 @@ def open_search(options: SearchOptions) -> Search:
         tags=run_tags,
     )
     optuna_study.set_user_attr("mlflow_parent_run_id", parent)
+    spec = dataclasses.replace(spec, space=narrowing.apply(spec.space))
     search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
                     metrics=metrics,
                     parent_run_id=parent, budget=budget, settings=settings, options=task_options,
                     device=device, compile=options.compile, run_tags=run_tags,
                     owner=options.owner, checkpoint_seconds=options.checkpoint_every,
-                    teacher=teacher_model)
+                    teacher=teacher_model, fixed=tuple(narrowing.fixed))
     lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
+
+
+def _narrowing(spec: spaces.Study, settings: spaces.Settings, stored: dict[str, Any] | None,
+               trials: int, options: SearchOptions, *, name: str) -> narrowing_module.Narrowing:
+    """The study's narrowing: as stored (a resume), or as asked (a new study), over the
+    categorical choices pinned when the study was created (today's, for a new one)."""
+    pinned = (stored or {}).get("choices") or narrowing_module.pinned_choices(spec.space,
+                                                                             settings)
+    asked = narrowing_module.narrow(spec, settings, fix=options.fix, choices=options.choices,
+                                    pinned=pinned)
+    if stored is None or not trials:
+        return asked
+    kept = narrowing_module.stored(spec, settings, stored)
+    if (options.fix or options.choices) and asked.asked() != kept.asked():
+        was = kept.describe() or "no narrowing"
+        raise UsageError(f"study {name!r} was created with {was}, not {asked.describe()}: leave "
+                         "--fix and --choices out to resume it, or give --name NEW to start "
+                         "another study")
+    return kept
 
 
 def _objectives(spec: spaces.Study, names: Sequence[str],
