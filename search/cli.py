@@ -85,12 +85,30 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+class StudyAction(argparse.Action):
+    """`--study NAME`; `--study` alone lists the studies known by name, and exits."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values is None:
+            import spaces
+
+            for name, what in spaces.available():
+                print(f"{name:<16} {what}")
+            print("or your own: --study path/to/my_study.py (a file that defines STUDY), or "
+                  "--study package.module:NAME")
+            parser.exit(0)
+        setattr(namespace, self.dest, values)
+
+
 def store_parser() -> argparse.ArgumentParser:
     """The study and where it lives: common to search.run, and later search.report/refit."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("study and stores")
-    group.add_argument("--study", required=True,
-                       help="which study (search space and data) to run, e.g. digits")
+    group.add_argument("--study", required=True, nargs="?", action=StudyAction,
+                       help="which study (search space and data): a name such as digits, a "
+                            "file my_study.py that defines STUDY, or package.module:NAME; "
+                            "alone, lists the studies there are")
     group.add_argument("--name", default=None,
                        help="name of the Optuna study and MLflow experiment (default: the study)")
     group.add_argument("--storage", default=None,

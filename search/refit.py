@@ -55,20 +55,17 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
           teacher_arch: str | None = None) -> dict[str, Any]:
     import optuna
 
-    import spaces
     from search import stores as stores_module
+    from search import studies
     from search.optuna_storage import open_storage
     from search.runtime import load_task, pick_device, quiet_libraries
     from search.settings import StudySettings
     from search.urls import mask_url
 
     quiet_libraries()
-    try:
-        spec = spaces.get_study(study)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    name = name or spec.name
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
+    spec = studies.find(study, storage=stores.storage, name=name)
+    name = name or spec.name
     try:
         found = optuna.load_study(study_name=name, storage=open_storage(stores.storage))
     except KeyError:

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 import spaces
 from objectives.data import Task
 from search import narrowing as narrowing_module
-from search import recovery
+from search import recovery, studies
 from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.optuna_storage import open_storage, unavailable
@@ -244,10 +244,8 @@ def open_search(options: SearchOptions) -> Search:
         options.resolution)
     objectives, teacher, teacher_arch = options.objectives, options.teacher, options.teacher_arch
     load_device, worker = options.load_device, options.worker
-    try:
-        spec = spaces.get_study(study)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
+    spec = studies.find(study, storage=stores.storage, name=name)
     _check_applies(spec, data_dir=data_dir, backbone=backbone, weights=weights,
                    pretrained=pretrained, resolution=resolution)
     quiet_libraries()
@@ -257,7 +255,6 @@ def open_search(options: SearchOptions) -> Search:
     # A teacher changes the loss choices, which an Optuna study cannot change: its own study.
     name = name or (f"{spec.name}-distill" if teacher else spec.name)
     seed = spec.seed if seed is None else seed
-    stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     lost_handler: list[Any] = []  # the search's, once it exists (see recovery)
     storage_obj = open_storage(
         stores.storage, heartbeat=options.heartbeat,
@@ -275,6 +272,7 @@ def open_search(options: SearchOptions) -> Search:
                         resolution=RESOLUTION_SEARCH if spec.resolution is None
                         else spec.resolution)
     stored, existing = _stored(storage_obj, name)
+    studies.check_same(stored, study, name=name)
     fixed = StudySettings.from_attrs(
         {**reconcile(stored, requested, defaults, name=name, trials=existing),
          "space": spec.name, "seed": seed, "teacher_arch": teacher_arch}, spec)
@@ -310,6 +308,8 @@ def open_search(options: SearchOptions) -> Search:
         pruner=make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
     )
     attrs = fixed.attrs(image=spec.backbone is not None)  # search.refit reads them back
+    if studies.reference(study):
+        attrs[studies.REFERENCE] = studies.reference(study)
     attrs.update(narrowing=narrowing.asked(), choices={k: list(v)
                                                        for k, v in narrowing.pinned.items()})
     for key, value in attrs.items():
