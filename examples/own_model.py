@@ -15,11 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from objectives.config import TrialConfig
-from objectives.data import ImageData, Split, Task, channel_stats
-from objectives.models import StagedNet
-from spaces import Settings, Study, TaskOptions
-from spaces.common import suggest_loss, suggest_optimizer, suggest_penalty
+from spaces import (
+    ImageData,
+    Settings,
+    Split,
+    StagedNet,
+    Study,
+    Task,
+    TaskOptions,
+    TrialConfig,
+    channel_stats,
+    suggest_loss,
+    suggest_optimizer,
+    suggest_penalty,
+)
 
 CLASSES = ("horizontal", "vertical", "diagonal")
 

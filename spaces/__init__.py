@@ -1,14 +1,26 @@
-"""Studies by name: each module defines one search space and the study's fixed settings."""
+"""Studies by name: each module defines one search space and the study's fixed settings.
+
+Also the public API for a study of your own (see examples/own_model.py and the README's "Your
+own study"): `Study`, `Settings`, `TaskOptions`, `image_study`, the shared space's `suggest_*`
+helpers, and from `objectives` the `TrialConfig` a space returns, the `Task`, `ImageData` and
+`Split` a task loader returns, and `StagedNet`, the staged model freeze depth and layer-wise
+rates work on.
+"""
 
 from __future__ import annotations
 
+from objectives.config import TrialConfig
+from objectives.data import ImageData, Split, Task, channel_stats
+from objectives.models import StagedNet
 from spaces.base import Settings, Study, TaskOptions
 from spaces.cifar10 import STUDY as CIFAR10
 from spaces.cifar100 import STUDY as CIFAR100
+from spaces.common import suggest_loss, suggest_optimizer, suggest_penalty, suggest_schedule
 from spaces.digits import STUDY as DIGITS
 from spaces.imagefolder import STUDY as IMAGEFOLDER
 from spaces.mnist import FASHION_MNIST, MNIST
 from spaces.registry import canonical, from_entry_point, installed, is_reference, load_reference
+from spaces.vision import image_study
 
 STUDIES: dict[str, Study] = {
     study.name: study
@@ -41,5 +53,8 @@ def available() -> list[tuple[str, str]]:
     return found
 
 
-__all__ = ["STUDIES", "Settings", "Study", "TaskOptions", "available", "canonical",
-           "get_study", "is_reference"]
+__all__ = [
+    "STUDIES", "ImageData", "Settings", "Split", "StagedNet", "Study", "Task", "TaskOptions",
+    "TrialConfig", "available", "canonical", "channel_stats", "get_study", "image_study",
+    "is_reference", "suggest_loss", "suggest_optimizer", "suggest_penalty", "suggest_schedule",
+]
