@@ -10,9 +10,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import get_model
 
-from objectives.backbones import BACKBONES, build_backbone, one_line, read_state_dict
+from objectives.backbones import (
+    BACKBONES,
+    TIMM_PREFIX,
+    build_backbone,
+    check_backbone,
+    one_line,
+    read_state_dict,
+    whole_model,
+)
 from objectives.data import Task
 from objectives.errors import InputError
 from objectives.serving import ImageClassifier
@@ -25,11 +32,14 @@ def load_teacher(path: str | Path, *, arch: str, task: Task, resolution: int = 0
     """The model of `arch` with the state dict in `path`, wrapped to take uint8 images.
 
     The state dict is either this tool's (a trial's `model/state_dict.pt`: the study's model
-    or a backbone as the image studies build it) or torchvision's own model of `arch` with a
-    head of the task's classes.
+    or a backbone as the image studies build it) or torchvision's (timm's, for `timm:NAME`) own
+    model of `arch` with a head of the task's classes.
     """
-    if arch not in TEACHER_ARCHS:
-        raise InputError(f"unknown --teacher-arch {arch!r}; known: {', '.join(TEACHER_ARCHS)}")
+    if arch.startswith(TIMM_PREFIX):
+        check_backbone(arch)  # timm installed, and knowing the model
+    elif arch not in TEACHER_ARCHS:
+        raise InputError(f"unknown --teacher-arch {arch!r}; known: {', '.join(TEACHER_ARCHS)}, "
+                         "or timm:NAME")
     path = Path(path).expanduser()
     state = read_state_dict(
         path, what="teacher file",
@@ -38,7 +48,7 @@ def load_teacher(path: str | Path, *, arch: str, task: Task, resolution: int = 0
     classes = task.data.num_classes
     candidates = [task.make_model(0)] if arch == STUDY_ARCH else [
         build_backbone(arch, classes, state=None, seed=0),
-        get_model(arch, weights=None, num_classes=classes),
+        whole_model(arch, classes),
     ]
     error: Exception | None = None
     for model in candidates:

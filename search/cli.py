@@ -130,6 +130,6 @@ def teacher_parser() -> argparse.ArgumentParser:
                             "the study is named <study>-distill unless --name says otherwise")
     group.add_argument("--teacher-arch", default=None, metavar="NAME",
                        help="the model a --teacher state dict belongs to: 'study' (the study's "
-                            "own model, e.g. a trial's model/state_dict.pt) or a torchvision "
-                            "backbone such as resnet50")
+                            "own model, e.g. a trial's model/state_dict.pt) or a backbone "
+                            "such as resnet50 or timm:NAME")
     return parser

@@ -95,10 +95,11 @@ def build_parser() -> Parser:
     group.add_argument("--backbone", default=None,
                        help="torchvision backbone: resnet18 (default), resnet34, resnet50, "
                             "mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, "
-                            "convnext_tiny")
+                            "convnext_tiny; or timm:NAME, a timm CNN such as timm:resnet50 "
+                            "(pip install 'finetune-search[timm]')")
     group.add_argument("--weights", default=None, metavar="PATH",
                        help="the backbone's weights from a local state dict file instead of "
-                            "torchvision's ImageNet download")
+                            "the pretrained download (torchvision's or timm's)")
     group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                        help="start the backbone from random weights")
     group.add_argument("--resolution", type=resolution, default=None,

@@ -414,11 +414,13 @@ def _check_applies(spec: spaces.Study, *, data_dir: Any, backbone: Any, weights:
     if weights is not None and not pretrained:
         raise UsageError("--weights PATH and --no-pretrained contradict each other: give one")
     if backbone is not None:
-        from objectives.backbones import BACKBONES
+        from objectives.backbones import check_backbone
+        from objectives.errors import InputError
 
-        if backbone not in BACKBONES:
-            raise UsageError(f"unknown backbone {backbone!r}; known backbones: "
-                             f"{', '.join(BACKBONES)}")
+        try:
+            check_backbone(backbone)  # torchvision's names, or timm:NAME with timm installed
+        except InputError as e:
+            raise UsageError(str(e)) from None
     if resolution not in (None, RESOLUTION_SEARCH) and not (
         isinstance(resolution, int) and resolution >= 8
     ):

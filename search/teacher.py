@@ -36,7 +36,7 @@ def load(teacher: str, *, arch: str | None, task: Task, tracking_uri: str,
     else:
         if arch is None:
             raise UsageError(f"--teacher {shown} is a file: say which model it is with "
-                             "--teacher-arch NAME (study, resnet18, resnet50, ...)")
+                             "--teacher-arch NAME (study, resnet18, resnet50, timm:NAME, ...)")
         try:
             model = load_teacher(teacher, arch=arch, task=task, resolution=resolution)
         except InputError as e:

@@ -1,4 +1,4 @@
-"""The space every image study shares (torchvision backbones), and a maker of such studies.
+"""The space every image study shares (torchvision or timm backbones), and a maker of such studies.
 
 On top of the digits space's loss, penalty and optimizer: the schedule, batch size, freeze
 depth over the backbone's five stages, and the input resolution when the study searches it.
