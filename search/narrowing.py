@@ -129,7 +129,7 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _describe(distribution: BaseDistribution) -> str:
+def describe_distribution(distribution: BaseDistribution) -> str:
     if isinstance(distribution, CategoricalDistribution):
         return "one of " + ", ".join(map(str, distribution.choices))
     assert isinstance(distribution, (FloatDistribution, IntDistribution))
@@ -139,7 +139,7 @@ def _describe(distribution: BaseDistribution) -> str:
 
 def convert(name: str, text: str, distribution: BaseDistribution, *, flag: str) -> Any:
     """`text` as a value of `distribution`, or a UsageError naming what the space takes."""
-    problem = f"{flag} {name}={text}: {name} is {_describe(distribution)}"
+    problem = f"{flag} {name}={text}: {name} is {describe_distribution(distribution)}"
     if isinstance(distribution, CategoricalDistribution):
         for choice in distribution.choices:
             if str(choice) == text or (isinstance(choice, str) and choice.lower() == text.lower()):
@@ -256,7 +256,7 @@ def narrow(spec: spaces.Study, settings: Any, *, fix: Sequence[tuple[str, str]] 
     for name, text in choices:
         distribution = known[name]
         if not isinstance(distribution, CategoricalDistribution):
-            raise UsageError(f"--choices {name}: {name} is {_describe(distribution)}; "
+            raise UsageError(f"--choices {name}: {name} is {describe_distribution(distribution)}; "
                              "--choices narrows a categorical parameter (use --fix for a "
                              "number)")
         wanted = {convert(name, t, distribution, flag="--choices") for t in text.split(",")

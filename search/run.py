@@ -68,6 +68,11 @@ def build_parser() -> Parser:
                        metavar="NAME=A,B",
                        help="search a categorical parameter over some of its choices, e.g. "
                             "optimizer=adamw,sgd (repeatable)")
+    group.add_argument("--grid", type=assignment, action="append", default=[],
+                       metavar="NAME=A,B",
+                       help="with --sampler grid: the values of a parameter to run every "
+                            "combination of (repeatable); the rest come from --fix or the "
+                            "study's defaults; the budget is the number of points")
     group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
     group.add_argument("--workers", type=positive_int, default=None,
                        help="worker processes on this node (default: one per GPU and "

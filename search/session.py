@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
+from search import grid as grid_module
 from search import narrowing as narrowing_module
 from search import recovery, studies
 from search import stores as stores_module
@@ -66,6 +67,7 @@ class Search:
     untracked: int | None = 0
     recovered: set[int] = field(default_factory=set)  # trials this process failed as lost
     fixed: tuple[str, ...] = ()  # parameters held at one value (--fix): tagged on every run
+    grid: bool = False  # runs the queued points of --grid only
 
     @property
     def epochs(self) -> int:
@@ -104,6 +106,8 @@ class Search:
                              checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         failures = _FailureGuard(limit=max(self.budget, 10))
         limit_gpu_memory(self.device)
+        if self.grid:
+            grid_module.only_queued(self.study)
         recovery.claim_at_birth(self.study)
         try:
             self.study.optimize(
@@ -113,6 +117,8 @@ class Search:
                 # objectives.failures.free_after): a full collection per trial is not needed.
                 gc_after_trial=False,
             )
+        except grid_module.GridDone:  # every point of the grid is taken
+            pass
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing of this process stays RUNNING
             recovery.fail_own_trials(self.study, on_lost=self.end_lost_run)
             raise
@@ -216,6 +222,7 @@ class SearchOptions:
     teacher_arch: str | None = None
     fix: Sequence[tuple[str, str]] = ()  # --fix NAME=VALUE, as (name, value text)
     choices: Sequence[tuple[str, str]] = ()  # --choices NAME=A,B, as (name, "A,B")
+    grid: Sequence[tuple[str, str]] = ()  # --grid NAME=A,B, with sampler "grid"
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True
@@ -285,6 +292,7 @@ def open_search(options: SearchOptions) -> Search:
                          "--teacher (and --teacher-arch) again to resume it")
     settings = fixed.trial_settings()
     narrowing = _narrowing(spec, settings, stored, existing, options, name=name)
+    grid_points = _grid(spec, settings, narrowing, stored, options, name=name)
     task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
                                       weights=weights)
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
@@ -315,6 +323,12 @@ def open_search(options: SearchOptions) -> Search:
     for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
+    if grid_points is not None:
+        budget = len(grid_points)
+        attrs_grid = {k: v.split(",") for k, v in _grid_asked(stored, options).items()}
+        optuna_study.set_user_attr(grid_module.GRID, attrs_grid)
+        if worker is None:  # the launcher queued them before its workers started
+            grid_module.enqueue(optuna_study, grid_points)
     optuna_study.set_user_attr("budget", budget)
     try:
         tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
@@ -349,7 +363,8 @@ def open_search(options: SearchOptions) -> Search:
                     parent_run_id=parent, budget=budget, settings=settings, options=task_options,
                     device=device, compile=options.compile, run_tags=run_tags,
                     owner=options.owner, checkpoint_seconds=options.checkpoint_every,
-                    teacher=teacher_model, fixed=tuple(narrowing.fixed))
+                    teacher=teacher_model, fixed=tuple(narrowing.fixed),
+                    grid=grid_points is not None)
     lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
@@ -372,6 +387,35 @@ def _narrowing(spec: spaces.Study, settings: spaces.Settings, stored: dict[str, 
                          "--fix and --choices out to resume it, or give --name NEW to start "
                          "another study")
     return kept
+
+
+def _grid_asked(stored: dict[str, Any] | None, options: SearchOptions) -> dict[str, str]:
+    """The grid as asked on the command line, else as stored with the study."""
+    if options.grid:
+        return dict(options.grid)
+    return {k: ",".join(map(str, v)) for k, v in ((stored or {}).get(grid_module.GRID) or {}
+                                                   ).items()}
+
+
+def _grid(spec: spaces.Study, settings: spaces.Settings, narrowing: narrowing_module.Narrowing,
+          stored: dict[str, Any] | None, options: SearchOptions, *,
+          name: str) -> list[dict[str, Any]] | None:
+    """The grid's points (a grid study), or None."""
+    if options.sampler != "grid":
+        if options.grid:
+            raise UsageError("--grid goes with --sampler grid")
+        return None
+    if options.trials is not None:
+        raise UsageError("--trials does not apply to --sampler grid: the budget is the grid's "
+                         "size, every point once")
+    kept = (stored or {}).get(grid_module.GRID)
+    if kept and options.grid:
+        asked = {k: v.split(",") for k, v in options.grid}
+        if {k: [str(x) for x in v] for k, v in kept.items()} != asked:
+            raise UsageError(f"study {name!r} was created with another grid: leave --grid out "
+                             "to resume it, or give --name NEW to start another study")
+    return grid_module.points(spec, settings, narrowing, list(_grid_asked(stored, options)
+                                                              .items()))
 
 
 def _objectives(spec: spaces.Study, names: Sequence[str],

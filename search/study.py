@@ -29,6 +29,8 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     # CMA-ES models the continuous parameters; the categorical ones fall back to random.
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    # Every point of --grid, queued once (search.grid): nothing is left to sample.
+    "grid": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from objectives.config import TrialConfig
 from objectives.data import Task
@@ -58,6 +58,9 @@ class Study:
     resolution: int | None = 0
     resolutions: tuple[int, ...] = ()
     data_dir: Path | None = None  # default data directory (None: the study needs none)
+    # A grid search's value of a parameter neither --grid nor --fix gives (else TrialConfig's
+    # default of the same name, when the space's range holds it).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def task(self, options: TaskOptions) -> Task:
         return self.load_task(options)

@@ -62,4 +62,6 @@ def image_study(
         load_task=functools.partial(load_task, dataset=dataset, backbone=backbone),
         epochs=epochs, trials=trials, description=description, backbone=backbone,
         resolution=resolution, resolutions=RESOLUTIONS, data_dir=data_dir,
+        # A grid's fixed recipe: AdamW's usual fine-tuning decay, a mid-sized batch.
+        defaults={"weight_decay": 0.05, "batch_size": 128},
     )

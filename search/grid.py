@@ -1,0 +1,165 @@
+"""Grid search: `--sampler grid --grid NAME=V1,V2 ...`, every point run exactly once.
+
+Optuna's GridSampler can run a point twice when workers ask at once (it picks among the points
+no trial holds yet, and two workers can pick the same one). Here each point is a complete
+configuration (the grid's values, `--fix`, and the study's defaults for the rest) queued once in
+the storage, when the study is created, by the process that created it: workers take queued
+trials one at a time, and the storage's pop is atomic (Optuna's own enqueue_trial). A worker
+that finds the queue empty starts nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from objectives.config import TrialConfig
+from search.errors import UsageError
+from search.narrowing import Narrowing, convert, describe_distribution, parameters
+
+if TYPE_CHECKING:
+    import spaces
+
+GRID = "grid"  # study attr: {name: [values]} as asked
+EXHAUSTED = "grid exhausted: every point was taken by another worker"
+
+
+class GridDone(Exception):
+    """A worker asked for a point and none was left: its search ends."""
+
+
+def _defaults(spec: spaces.Study) -> dict[str, Any]:
+    """A parameter's value when neither the grid nor --fix gives one: the study's `defaults`,
+    else the TrialConfig field of its name."""
+    fields = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
+    return {**fields, **spec.defaults}
+
+
+def _contains(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    assert isinstance(distribution, (FloatDistribution, IntDistribution))
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and distribution.low <= value <= distribution.high)
+
+
+class _Completer:
+    """A trial that takes each parameter from `given`, else from `defaults` if the space's
+    range holds it; it records what the space asked (with distributions)."""
+
+    def __init__(self, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+        self.given, self.defaults = given, defaults
+        self.params: dict[str, Any] = {}
+
+    def _value(self, name: str, distribution: BaseDistribution) -> Any:
+        if name in self.given:
+            value = self.given[name]
+        elif name in self.defaults and _contains(distribution, self.defaults[name]):
+            value = self.defaults[name]
+        else:
+            shown = describe_distribution(distribution)
+            raise UsageError(f"--sampler grid: {name} ({shown}) has no default in this "
+                             f"study's space; give it with --fix {name}=VALUE or --grid "
+                             f"{name}=A,B")
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> Any:
+        return self._value(name, CategoricalDistribution(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return float(self._value(name, FloatDistribution(low, high, step=step, log=log)))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
+                    log: bool = False) -> int:
+        return int(self._value(name, IntDistribution(low, high, step=step, log=log)))
+
+    number = 0
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return {}
+
+
+def points(spec: spaces.Study, settings: Any, narrowing: Narrowing,
+           grid: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The grid's points as complete parameter sets, in order, each once; bad input is one
+    UsageError line (an unknown or fixed parameter, a value outside the space, a parameter no
+    point reaches, a parameter with no value)."""
+    if not grid:
+        raise UsageError("--sampler grid needs the grid: --grid NAME=V1,V2 (repeatable)")
+    space = narrowing.apply(spec.space)
+    known = parameters(space, settings)
+    axes: dict[str, list[Any]] = {}
+    for name, text in grid:
+        if name in axes or name in narrowing.fixed:
+            raise UsageError(f"--grid {name}: {name} is already given; give each parameter "
+                             "once")
+        if name not in known:
+            if name in parameters(Narrowing(pinned=narrowing.pinned).apply(spec.space),
+                                  settings):
+                raise UsageError(f"--grid {name}: {name} is never searched with --fix "
+                                 f"{narrowing.describe()} (it belongs to another choice)")
+            raise UsageError(f"--grid {name}: study {spec.name!r} has no parameter {name!r}; "
+                             f"its parameters are {', '.join(known)}")
+        values = [convert(name, t.strip(), known[name], flag="--grid")
+                  for t in text.split(",") if t.strip()]
+        axes[name] = list(dict.fromkeys(values))  # in the order given, each once
+    defaults = _defaults(spec)
+    found: list[dict[str, Any]] = []
+    reached: set[str] = set()
+    for combination in itertools.product(*axes.values()):
+        given = {**narrowing.fixed, **dict(zip(axes, combination, strict=True))}
+        completer = _Completer(given, defaults)
+        space(cast(optuna.Trial, completer), settings)
+        reached.update(completer.params)
+        if completer.params not in found:  # a value under a choice this point does not take
+            found.append(completer.params)
+    for name in axes:
+        if name not in reached:
+            raise UsageError(f"--grid {name}: {name} is never searched on this grid (it belongs "
+                             "to a choice the grid or --fix rules out)")
+    return found
+
+
+def enqueue(study: optuna.Study, grid_points: Sequence[Mapping[str, Any]]) -> int:
+    """Queue every point that has no trial yet, or only failed ones; returns how many."""
+    taken = [t.params for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    queued = 0
+    for point in grid_points:
+        if dict(point) not in taken:
+            study.enqueue_trial(dict(point))
+            queued += 1
+    return queued
+
+
+def only_queued(study: optuna.Study) -> None:
+    """Make the study's `ask` start queued points only: a trial it creates afresh (another
+    worker took the last point between our look and our ask) is failed as EXHAUSTED, and
+    GridDone ends this worker's search."""
+    ask = study.ask
+
+    def ask_queued(fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            raise GridDone
+        trial = ask(fixed_distributions)
+        if "fixed_params" not in trial.study._storage.get_trial_system_attrs(trial._trial_id):
+            trial.set_user_attr("fail_reason", EXHAUSTED)
+            study.tell(trial, state=TrialState.FAIL)
+            raise GridDone
+        return trial
+
+    study.ask = ask_queued  # type: ignore[method-assign]
