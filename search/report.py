@@ -2,11 +2,14 @@
 
 Read-only on the Optuna storage, so it can run while a search is still going. The files go to
 --out (default mlruns/reports/NAME/) and are logged under report/ in the study's MLflow run.
+`--export-best K FILE.json` also writes the K best configurations, to warm-start another study
+(search.warmstart).
 Exit status: 0 on success, 2 for bad input, 130 when interrupted.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import statistics
@@ -22,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from search import warmstart
 from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
 from search.errors import UsageError, first_line
@@ -47,7 +51,24 @@ def build_parser() -> Parser:
                         help="folder for the report's files (default mlruns/reports/NAME)")
     parser.add_argument("--top", type=positive_int, default=10,
                         help="trials in the leaderboard (default 10)")
+    parser.add_argument("--export-best", nargs=2, action=ExportBest, default=None,
+                        metavar=("K", "FILE.json"),
+                        help="also write the K best configurations (parameters only, best "
+                             "first; a multi-objective study's Pareto front) to FILE.json, "
+                             "to warm-start another study")
     return parser
+
+
+class ExportBest(argparse.Action):
+    """--export-best K FILE: K checked as --top is (argparse gives both values one type)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        k, path = values
+        try:
+            setattr(namespace, self.dest, (positive_int(k), path))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,19 +93,22 @@ class Target:
 
 
 def report(*, study: str, name: str | None = None, storage: str | None = None,
-           tracking_uri: str | None = None, out: str | None = None, top: int = 10) -> Path:
-    """Print the report, write its files and log them to MLflow; returns the folder."""
-    import spaces
+           tracking_uri: str | None = None, out: str | None = None, top: int = 10,
+           export_best: tuple[int, str] | None = None) -> Path:
+    """Print the report, write its files and log them to MLflow; returns the folder.
+
+    `export_best` (K, FILE): the K best configurations written to FILE, first, so that a path
+    that cannot be written stops the report before it starts.
+    """
+    from search import studies
     from search.runtime import quiet_libraries
 
     quiet_libraries()
-    try:
-        spec = spaces.get_study(study)
-    except ValueError as e:  # an unknown study: one line, exit 2
-        raise UsageError(str(e)) from None
-    name = name or spec.name
     stores = resolve(storage=storage, tracking_uri=tracking_uri)
+    spec = studies.find(study, storage=stores.storage, name=name)  # unknown: one line, exit 2
+    name = name or spec.name
     found = load(stores.storage, name, study)
+    exported = warmstart.export_best(found, *export_best) if export_best else None
     folder = Path(out) if out else Path("mlruns") / "reports" / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,6 +129,9 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
         best = found.best_trial
         say(f"best: trial {best.number} {metrics[0]}={best.values[0]:.4f} "
             f"[{describe_params(best.params)}]")
+    if export_best and exported:
+        say(f"wrote the {len(exported)} best configuration{'s' * (len(exported) != 1)} of "
+            f"study {name!r} to {export_best[1]}")
     console.print(families_table(found, target, folder / "loss_families.csv"))
     table, notes = importances_table(found, target, folder / "importances.csv")
     say(table or "parameter importances need at least 2 completed trials")

@@ -73,6 +73,15 @@ def build_parser() -> Parser:
                        help="with --sampler grid: the values of a parameter to run every "
                             "combination of (repeatable); the rest come from --fix or the "
                             "study's defaults; the budget is the number of points")
+    group = parser.add_argument_group("warm starts (configurations tried first)")
+    group.add_argument("--enqueue-from", default=None, metavar="STUDY[:K]",
+                       help="try first the K best configurations (default 5) of another study, "
+                            "keeping the parameters this space has")
+    group.add_argument("--enqueue-storage", default=None, metavar="URL",
+                       help="the storage of --enqueue-from's study (default: this study's)")
+    group.add_argument("--enqueue", default=None, metavar="FILE.json",
+                       help="try first the configurations in a JSON file (a list of parameter "
+                            "objects, as search.report --export-best writes)")
     group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
     group.add_argument("--workers", type=positive_int, default=None,
                        help="worker processes on this node (default: one per GPU and "

@@ -19,7 +19,7 @@ import spaces
 from objectives.data import Task
 from search import grid as grid_module
 from search import narrowing as narrowing_module
-from search import recovery, studies
+from search import recovery, studies, warmstart
 from search import stores as stores_module
 from search.errors import DeviceFailed, TrackingLost, UsageError
 from search.optuna_storage import open_storage, unavailable
@@ -223,6 +223,9 @@ class SearchOptions:
     fix: Sequence[tuple[str, str]] = ()  # --fix NAME=VALUE, as (name, value text)
     choices: Sequence[tuple[str, str]] = ()  # --choices NAME=A,B, as (name, "A,B")
     grid: Sequence[tuple[str, str]] = ()  # --grid NAME=A,B, with sampler "grid"
+    enqueue_from: str | None = None  # STUDY[:K]: warm start from another study's best
+    enqueue_storage: str | None = None  # that study's storage (default: this one's)
+    enqueue: str | Path | None = None  # a JSON file of configurations to try first
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True
@@ -293,6 +296,7 @@ def open_search(options: SearchOptions) -> Search:
     settings = fixed.trial_settings()
     narrowing = _narrowing(spec, settings, stored, existing, options, name=name)
     grid_points = _grid(spec, settings, narrowing, stored, options, name=name)
+    warm = _warm_start(spec, settings, narrowing, options, storage=stores.storage)
     task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
                                       weights=weights)
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
@@ -365,6 +369,10 @@ def open_search(options: SearchOptions) -> Search:
                     owner=options.owner, checkpoint_seconds=options.checkpoint_every,
                     teacher=teacher_model, fixed=tuple(narrowing.fixed),
                     grid=grid_points is not None)
+    if warm is not None and worker is None:  # a launcher's workers: it enqueued them
+        queued = warmstart.enqueue(optuna_study, warm.configs)
+        print(f"warm start: {queued} configuration{'s' * (queued != 1)} queued to run first"
+              + (f" ({warm.note})" if warm.note else ""))
     lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
@@ -387,6 +395,42 @@ def _narrowing(spec: spaces.Study, settings: spaces.Settings, stored: dict[str, 
                          "--fix and --choices out to resume it, or give --name NEW to start "
                          "another study")
     return kept
+
+
+def _warm_start(spec: spaces.Study, settings: spaces.Settings,
+                narrowing: narrowing_module.Narrowing, options: SearchOptions, *,
+                storage: str) -> warmstart.Applicable | None:
+    """The configurations --enqueue-from and --enqueue ask to try first, reduced to what this
+    study's (narrowed) space takes; None when neither is given. Bad input: one line."""
+    if options.enqueue_storage and not options.enqueue_from:
+        raise UsageError("--enqueue-storage goes with --enqueue-from STUDY")
+    if options.sampler == "grid" and (options.enqueue_from or options.enqueue):
+        raise UsageError("--enqueue-from and --enqueue do not apply to --sampler grid: it runs "
+                         "the grid's points and nothing else")
+    configs: list[dict[str, Any]] = []
+    sources = []
+    if options.enqueue_from:
+        from search.report import load  # reads without creating anything
+        from search.urls import mask_url
+
+        source, _, count = options.enqueue_from.rpartition(":")
+        if not (source and count.isdigit() and int(count) > 0):
+            source, count = options.enqueue_from, "5"
+        other = options.enqueue_storage or storage
+        found = load(other, source, source)
+        best = warmstart.best_configurations(found, int(count))
+        if not best:
+            raise UsageError(f"study {source!r} in {mask_url(other)} has no completed trial to "
+                             "warm-start from")
+        configs += best
+        sources.append(f"study {source!r}")
+    if options.enqueue:
+        configs += warmstart.read_configurations(options.enqueue)
+        sources.append(str(options.enqueue))
+    if not configs:
+        return None
+    distributions = narrowing_module.parameters(narrowing.apply(spec.space), settings)
+    return warmstart.applicable(configs, distributions, source=" and ".join(sources))
 
 
 def _grid_asked(stored: dict[str, Any] | None, options: SearchOptions) -> dict[str, str]:

@@ -32,6 +32,7 @@ from search.tracking.rebuild import (
     sync_study,
     tracking_client,
 )
+from search.tracking.tracker import EXPERIMENT_KIND
 from search.urls import mask_text, mask_url
 
 PROG = "search.sync"
@@ -58,29 +59,32 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
          tracking_uri: str | None = None, settle: float = 30.0) -> SyncReport:
     """The command: open the stores, fail lost trials, find the parent run, sync the trials."""
     import spaces
+    from search import studies
     from search.report import load, pick_target
     from search.runtime import quiet_libraries
     from search.stores import resolve
 
     quiet_libraries()
-    try:  # --study names a search space (and --name the study), or the Optuna study itself
-        space: str | None = spaces.get_study(study).name
-    except ValueError as e:
-        space, unknown = None, str(e)
-    name = name or space or study
     stores = resolve(storage=storage, tracking_uri=tracking_uri)
+    try:  # --study names a search space (and --name the study), or the Optuna study itself
+        spec: spaces.Study | None = studies.find(study, storage=stores.storage, name=name)
+    except UsageError as e:
+        spec, unknown = None, str(e)
+    name = name or (spec.name if spec is not None else study)
     try:
         found = load(stores.storage, name, study)  # an unknown study: exit 2, nothing created
     except UsageError:
-        if space is None:
+        if spec is None:
             raise UsageError(f"{unknown}, and no Optuna study {study!r} in "
                              f"{mask_url(stores.storage)}") from None
         raise
-    space = next((s for s in (found.user_attrs.get("space"), space) if s in spaces.STUDIES), None)
-    if space is None:
+    stored = found.user_attrs.get("space")
+    if stored in spaces.STUDIES:
+        spec = spaces.STUDIES[stored]
+    if spec is None:
         raise UsageError(f"study {name!r} records no search space: give --study SPACE "
                          f"--name {name}")
-    metrics, _ = pick_target(found, spaces.STUDIES[space].metric)
+    metrics, _ = pick_target(found, spec.metric)
     try:
         client = tracking_client(stores.client_uri)
         experiment = client.get_experiment_by_name(name)
@@ -98,7 +102,7 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
                 warnings, end_lost_run(client, experiment.experiment_id if experiment else None,
                                        trial, reason, retry)))
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            name, artifact_location=stores.artifact_location)
+            name, artifact_location=stores.artifact_location, tags=EXPERIMENT_KIND)
         parent, rebuilt = find_parent(found, client, experiment_id, metrics=metrics,
                                       tags={"search.storage": mask_url(stores.storage)})
         report = sync_study(found, client, experiment_id=experiment_id, parent_run_id=parent,

@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from search.tracking.tracker import MAX_PARAM_LENGTH
+from search.tracking.tracker import EXPERIMENT_KIND, MAX_PARAM_LENGTH
 
 
 class RefitRun:
@@ -24,7 +24,7 @@ class RefitRun:
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_location)
+            experiment, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
         self.run_id: str = self.client.create_run(experiment_id, run_name=run_name,
                                                   tags=tags).info.run_id
         self.client.log_batch(self.run_id, params=[

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.tracking.writer import Writer, create_run
@@ -30,6 +30,11 @@ FLUSH_SECONDS = 5.0  # per-epoch metrics reach the store at least this often whi
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 
 Artifact = str | bytes | Callable[[], str | bytes]  # a callable must pickle (a partial)
+
+# MLflow 3's UI opens an experiment of no kind on its GenAI overview ("Traces 0"); one of this
+# kind opens on its runs table ("Model training"). Key and value as MLflow's UI reads them
+# (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def versions() -> dict[str, str]:
@@ -68,15 +73,16 @@ class Tracker:
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:  # another worker created it first
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                     tags=EXPERIMENT_KIND)
+            except MlflowException:  # another worker created it first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        mark_kind(self.client, found)
+        return found.experiment_id
 
     def flush(self) -> None:
         """Wait until every trial write sent so far is in the store."""
@@ -223,6 +229,14 @@ class TrialRun:
             self.writer.send("log artifacts", _log_artifacts, self._artifacts, key=self.key)
         self.writer.send("end run", _end_run, status, key=self.key)
         self._buffer, self._artifacts = [], {}
+
+
+def mark_kind(client: MlflowClient, experiment: Experiment) -> None:
+    """Tag a study's experiment as model training, unless it already has a kind (one made
+    before this tag, or by a sync); a kind someone chose in the UI is kept."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def log_folder(tracking_uri: str, run_id: str, folder: Path, artifact_path: str) -> None:

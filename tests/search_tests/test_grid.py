@@ -54,7 +54,8 @@ def test_the_image_study_defaults_fill_what_trialconfig_cannot() -> None:
     ([("lr", "0.01")], [("lr", "0.1")], "--grid lr: lr is already given"),
     ([("loss", "focal")], [("huber_delta", "0.5,1")],
      "huber_delta is never searched with --fix loss=focal"),
-    ([], [("loss", "focal"), ("huber_delta", "0.5,1")], "huber_delta is never searched on this grid"),
+    ([], [("loss", "focal"), ("huber_delta", "0.5,1")],
+     "huber_delta is never searched on this grid"),
     ([], [], "--sampler grid needs the grid"),
 ])
 def test_bad_grids_are_one_line(fix: list, axes: list, expected: str) -> None:

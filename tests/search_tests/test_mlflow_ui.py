@@ -4,8 +4,13 @@ The UI is MLflow 3's React app served by `mlflow server` over the search's own s
 backend, runs' artifacts in local `file://` folders under mlruns/artifacts, which the server reads
 for the UI's `get-artifact` requests). Routes and selectors found in MLflow 3.17's UI:
 
-* `#/experiments/ID` opens the GenAI overview for an experiment with no kind; the runs table is
-  `#/experiments/ID/runs?workflowType=machine_learning` (the UI's "Model training" mode).
+* `#/experiments/ID` (an experiment's link in the experiments list) opens the GenAI overview
+  ("Traces 0") in a fresh browser, whatever the experiment's kind: MLflow 3.17's UI takes the
+  kind from the sidebar's "GenAI | Model training" switch (remembered by the browser), not from
+  the experiment's `mlflow.experimentKind` tag (the search sets it to `custom_model_development`
+  all the same: UIs without the switch read it). Once "Model training" is picked, the same link
+  opens the runs table, also reached directly at
+  `#/experiments/ID/runs?workflowType=machine_learning`.
 * The runs table is an AG Grid: run names are links (href `#/experiments/ID/runs/RUN_ID`) in the
   cells `[role=gridcell][col-id="attributes.`Run Name`"]`; child runs are hidden until the
   parent's expander (the button in its name cell) is clicked.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import struct
 import time
 from collections.abc import Iterator
@@ -93,6 +99,7 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
     problem = _missing_browser()
     if problem:
         pytest.fail(problem, pytrace=False)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     started = time.monotonic()
@@ -100,6 +107,8 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
     experiment = client(workdir).get_experiment_by_name("digits")
     assert experiment is not None, "the search made no MLflow experiment 'digits'"
     eid = experiment.experiment_id
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development", (
+        experiment.tags)
     assert experiment.artifact_location.startswith("file://"), experiment.artifact_location
     parents, trials = runs(workdir)
     assert len(parents) == 1 and len(trials) == 2, (parents, trials)
@@ -119,6 +128,30 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
         where = f"(server log {server.log_path}; screenshot of a failure in {tmp_path})"
         ready = time.monotonic()
         try:
+            # The experiment as a user opens it (its link in the experiments list, no tab
+            # named): its runs, the study's parent run among them. A fresh browser is in GenAI
+            # mode (see above): the user picks "Model training" once, as the UI offers.
+            landing_url = f"{server.url}/#/experiments/{eid}"
+            page.goto(landing_url, wait_until="domcontentloaded")
+            landing = page.locator(NAME_CELL).get_by_role("link", name=parent.info.run_name,
+                                                          exact=True)
+            # The app picks a tab: the runs, or the GenAI overview, whose first-visit popover
+            # ("Got it") covers the page and hides it from ARIA roles: the user closes it, then
+            # picks the mode (found by its text).
+            page.wait_for_url(re.compile(rf"/#/experiments/{eid}/(runs|overview|traces)\b"),
+                              timeout=FIRST_LOAD_MS)
+            if f"/experiments/{eid}/runs" not in page.url:
+                with suppress(PlaywrightTimeout):  # no popover this time
+                    page.get_by_text("Got it", exact=True).click(timeout=15_000)
+                page.get_by_text("Model training", exact=True).click()
+                page.goto(landing_url, wait_until="domcontentloaded")
+            expect(landing, "the experiment's landing page never showed the study's parent "
+                   f"run 'digits' {where}").to_be_visible()
+            expect(landing, "the parent run's link on the landing page").to_have_attribute(
+                "href", f"#/experiments/{eid}/runs/{parent.info.run_id}")
+            page.screenshot(path=str(tmp_path / "mlflow-ui-landing.png"))
+            landed = time.monotonic()
+
             # The experiment's runs table, with the parent run and, under it, both trials.
             page.goto(f"{server.url}/#/experiments/{eid}/runs?workflowType=machine_learning",
                       wait_until="domcontentloaded")
@@ -179,4 +212,5 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
     assert screenshot.is_file() and screenshot.stat().st_size > 0, (
         f"no screenshot at {screenshot}")
     print(f"search {searched - started:.1f}s, server and browser up {ready - searched:.1f}s, "
-          f"runs table {table - ready:.1f}s, artifact {reviewed - table:.1f}s")
+          f"landing page {landed - ready:.1f}s, runs table {table - landed:.1f}s, "
+          f"artifact {reviewed - table:.1f}s")
