@@ -233,8 +233,8 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     console.print(leaderboard(search.study, metric=",".join(search.metrics)))
     console.print(f"{state_summary(search.study)}; {finished} of {search.budget} finished in "
                   f"{time.monotonic() - started:.0f}s", markup=False, highlight=False)
-    console.print(f"review: {ui_command(search.stores.tracking_uri)}", markup=False,
-                  highlight=False)
+    review = ui_command(search.stores.tracking_uri, search.tracker.experiment_id)
+    console.print(f"review: {review}", markup=False, highlight=False)
     if outcome.stopped is not None:
         print(f"{PROG}: stopped by {signal.Signals(outcome.stopped).name}; run the same "
               "command again to finish the study", file=sys.stderr)

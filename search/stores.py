@@ -79,8 +79,14 @@ def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store (password masked)."""
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """How to open the MLflow UI on this store (password masked), on the experiment's runs
+    when its id is given. The link names the model-training view: MLflow 3.17's UI opens an
+    experiment on its GenAI overview until its sidebar switch says otherwise, whatever the
+    experiment's kind tag."""
+    runs = (f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            if experiment_id is not None else "")
     if scheme(tracking_uri) in ("http", "https"):
-        return f"open {mask_url(tracking_uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {mask_url(tracking_uri)}"
+        return f"open {mask_url(tracking_uri).rstrip('/')}{runs} in a browser"
+    command = f"mlflow ui --backend-store-uri {mask_url(tracking_uri)}"
+    return f"{command}, then open http://127.0.0.1:5000{runs}" if runs else command

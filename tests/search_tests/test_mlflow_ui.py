@@ -9,8 +9,8 @@ for the UI's `get-artifact` requests). Routes and selectors found in MLflow 3.17
   kind from the sidebar's "GenAI | Model training" switch (remembered by the browser), not from
   the experiment's `mlflow.experimentKind` tag (the search sets it to `custom_model_development`
   all the same: UIs without the switch read it). Once "Model training" is picked, the same link
-  opens the runs table, also reached directly at
-  `#/experiments/ID/runs?workflowType=machine_learning`.
+  opens the runs table, also reached directly, in any browser, at
+  `#/experiments/ID/runs?workflowType=machine_learning`: the link search.run prints.
 * The runs table is an AG Grid: run names are links (href `#/experiments/ID/runs/RUN_ID`) in the
   cells `[role=gridcell][col-id="attributes.`Run Name`"]`; child runs are hidden until the
   parent's expander (the button in its name cell) is clicked.
@@ -95,7 +95,8 @@ def _browser_page(base_url: str) -> Iterator[Any]:
             browser.close()
 
 
-def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None:
+def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     problem = _missing_browser()
     if problem:
         pytest.fail(problem, pytrace=False)
@@ -104,6 +105,9 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
 
     started = time.monotonic()
     assert main(["--study", "digits", "--trials", "2", "--epochs", "2", "--pruner", "none"]) == 0
+    printed = re.search(r"^review: mlflow ui --backend-store-uri \S+, then open "
+                        r"http://127\.0\.0\.1:5000(/\S+)$", capsys.readouterr().out, re.M)
+    assert printed is not None, "search.run printed no link to the experiment's runs"
     experiment = client(workdir).get_experiment_by_name("digits")
     assert experiment is not None, "the search made no MLflow experiment 'digits'"
     eid = experiment.experiment_id
@@ -128,33 +132,10 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
         where = f"(server log {server.log_path}; screenshot of a failure in {tmp_path})"
         ready = time.monotonic()
         try:
-            # The experiment as a user opens it (its link in the experiments list, no tab
-            # named): its runs, the study's parent run among them. A fresh browser is in GenAI
-            # mode (see above): the user picks "Model training" once, as the UI offers.
-            landing_url = f"{server.url}/#/experiments/{eid}"
-            page.goto(landing_url, wait_until="domcontentloaded")
-            landing = page.locator(NAME_CELL).get_by_role("link", name=parent.info.run_name,
-                                                          exact=True)
-            # The app picks a tab: the runs, or the GenAI overview, whose first-visit popover
-            # ("Got it") covers the page and hides it from ARIA roles: the user closes it, then
-            # picks the mode (found by its text).
-            page.wait_for_url(re.compile(rf"/#/experiments/{eid}/(runs|overview|traces)\b"),
-                              timeout=FIRST_LOAD_MS)
-            if f"/experiments/{eid}/runs" not in page.url:
-                with suppress(PlaywrightTimeout):  # no popover this time
-                    page.get_by_text("Got it", exact=True).click(timeout=15_000)
-                page.get_by_text("Model training", exact=True).click()
-                page.goto(landing_url, wait_until="domcontentloaded")
-            expect(landing, "the experiment's landing page never showed the study's parent "
-                   f"run 'digits' {where}").to_be_visible()
-            expect(landing, "the parent run's link on the landing page").to_have_attribute(
-                "href", f"#/experiments/{eid}/runs/{parent.info.run_id}")
-            page.screenshot(path=str(tmp_path / "mlflow-ui-landing.png"))
-            landed = time.monotonic()
-
-            # The experiment's runs table, with the parent run and, under it, both trials.
-            page.goto(f"{server.url}/#/experiments/{eid}/runs?workflowType=machine_learning",
-                      wait_until="domcontentloaded")
+            # The link search.run printed, in a fresh browser: the experiment's runs table,
+            # with the parent run and, under it, both trials.
+            assert printed.group(1) == f"/#/experiments/{eid}/runs?workflowType=machine_learning"
+            page.goto(f"{server.url}{printed.group(1)}", wait_until="domcontentloaded")
             names = page.locator(NAME_CELL)
             parent_cell = names.filter(
                 has=page.locator(f'a[href="#/experiments/{eid}/runs/{parent.info.run_id}"]'))
@@ -203,14 +184,38 @@ def test_search_reviewed_in_the_mlflow_ui(workdir: Path, tmp_path: Path) -> None
                 f"the browser decoded a {shown[0]}x{shown[1]} image, but the logged {ARTIFACT} "
                 f"is {_png_size(artifact_path)} {where}")
             page.screenshot(path=str(screenshot))
+            shown_at = time.monotonic()
+
+            # The experiment as a user opens it from the experiments list (no tab named): its
+            # runs, the study's parent run among them. A browser that has not picked a mode
+            # lands on the GenAI overview (see above): the user picks "Model training" once.
+            landing_url = f"{server.url}/#/experiments/{eid}"
+            page.goto(landing_url, wait_until="domcontentloaded")
+            landing = page.locator(NAME_CELL).get_by_role("link", name=parent.info.run_name,
+                                                          exact=True)
+            # The app picks a tab: the runs, or the GenAI overview, whose first-visit popover
+            # ("Got it") covers the page and hides it from ARIA roles: the user closes it, then
+            # picks the mode (found by its text).
+            page.wait_for_url(re.compile(rf"/#/experiments/{eid}/(runs|overview|traces)\b"),
+                              timeout=FIRST_LOAD_MS)
+            if f"/experiments/{eid}/runs" not in page.url:
+                with suppress(PlaywrightTimeout):  # no popover this time
+                    page.get_by_text("Got it", exact=True).click(timeout=15_000)
+                page.get_by_text("Model training", exact=True).click()
+                page.goto(landing_url, wait_until="domcontentloaded")
+            expect(landing, "the experiment's landing page never showed the study's parent "
+                   f"run 'digits' {where}").to_be_visible()
+            expect(landing, "the parent run's link on the landing page").to_have_attribute(
+                "href", f"#/experiments/{eid}/runs/{parent.info.run_id}")
+            page.screenshot(path=str(tmp_path / "mlflow-ui-landing.png"))
         except Exception:
             with suppress(Exception):  # the failure itself is what to report
                 page.screenshot(path=str(tmp_path / "mlflow-ui-failure.png"))
             raise
-    reviewed = time.monotonic()
+    landed = time.monotonic()
 
     assert screenshot.is_file() and screenshot.stat().st_size > 0, (
         f"no screenshot at {screenshot}")
     print(f"search {searched - started:.1f}s, server and browser up {ready - searched:.1f}s, "
-          f"landing page {landed - ready:.1f}s, runs table {table - landed:.1f}s, "
-          f"artifact {reviewed - table:.1f}s")
+          f"runs table {table - ready:.1f}s, artifact {shown_at - table:.1f}s, "
+          f"landing page {landed - shown_at:.1f}s")

@@ -108,3 +108,15 @@ def test_mask_text_without_secrets_changes_nothing(url: str | None) -> None:
 def test_scheme_and_sqlite_file(url: str, kind: str, file: str | None) -> None:
     assert scheme(url) == kind
     assert sqlite_file(url) == file
+
+
+def test_the_review_line_links_the_study_runs_with_the_password_masked() -> None:
+    from search.stores import ui_command
+
+    runs = "/#/experiments/7/runs?workflowType=machine_learning"
+    assert ui_command("sqlite:///mlruns/mlflow.db", "7") == (
+        f"mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db, then open "
+        f"http://127.0.0.1:5000{runs}")
+    assert ui_command("http://u:secret@host:5000/", "7") == (
+        f"open http://u:***@host:5000{runs} in a browser")
+    assert ui_command("sqlite:///x.db") == "mlflow ui --backend-store-uri sqlite:///x.db"
