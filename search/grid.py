@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 from optuna.distributions import (
     BaseDistribution,
-    CategoricalChoiceType,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
@@ -27,7 +27,13 @@ from optuna.trial import TrialState
 
 from objectives.config import TrialConfig
 from search.errors import UsageError
-from search.narrowing import Narrowing, convert, describe_distribution, parameters
+from search.narrowing import (
+    Narrowing,
+    StandIn,
+    convert,
+    describe_distribution,
+    parameters,
+)
 
 if TYPE_CHECKING:
     import spaces
@@ -55,15 +61,15 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
             and distribution.low <= value <= distribution.high)
 
 
-class _Completer:
-    """A trial that takes each parameter from `given`, else from `defaults` if the space's
-    range holds it; it records what the space asked (with distributions)."""
+class _Completer(StandIn):
+    """Takes each parameter from `given`, else from `defaults` if the space's range holds it,
+    and keeps what the space asked in `params`."""
 
     def __init__(self, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
         self.given, self.defaults = given, defaults
         self.params: dict[str, Any] = {}
 
-    def _value(self, name: str, distribution: BaseDistribution) -> Any:
+    def choose(self, name: str, distribution: BaseDistribution) -> Any:
         if name in self.given:
             value = self.given[name]
         elif name in self.defaults and _contains(distribution, self.defaults[name]):
@@ -75,23 +81,6 @@ class _Completer:
                              f"{name}=A,B")
         self.params[name] = value
         return value
-
-    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> Any:
-        return self._value(name, CategoricalDistribution(choices))
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        return float(self._value(name, FloatDistribution(low, high, step=step, log=log)))
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
-                    log: bool = False) -> int:
-        return int(self._value(name, IntDistribution(low, high, step=step, log=log)))
-
-    number = 0
-
-    @property
-    def user_attrs(self) -> dict[str, Any]:
-        return {}
 
 
 def points(spec: spaces.Study, settings: Any, narrowing: Narrowing,
@@ -163,3 +152,30 @@ def only_queued(study: optuna.Study) -> None:
         return trial
 
     study.ask = ask_queued  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class Grid:
+    axes: dict[str, list[str]]  # as asked (and stored): each parameter's values, as text
+    points: list[dict[str, Any]]  # complete configurations, each once
+
+
+def for_study(spec: spaces.Study, settings: Any, narrowing: Narrowing,
+              stored: Mapping[str, Any] | None, *, sampler: str,
+              asked: Sequence[tuple[str, str]], trials: int | None, name: str) -> Grid | None:
+    """Study `name`'s grid (None unless `sampler` is grid): as asked, else as stored; options
+    that contradict it, or a resume asked for another grid, are refused (one line)."""
+    if sampler != "grid":
+        if asked:
+            raise UsageError("--grid goes with --sampler grid")
+        return None
+    if trials is not None:
+        raise UsageError("--trials does not apply to --sampler grid: the budget is the grid's "
+                         "size, every point once")
+    kept = {k: [str(x) for x in v] for k, v in ((stored or {}).get(GRID) or {}).items()}
+    axes = {k: v.split(",") for k, v in asked} or kept
+    if kept and axes != kept:
+        raise UsageError(f"study {name!r} was created with another grid: leave --grid out to "
+                         "resume it, or give --name NEW to start another study")
+    return Grid(axes, points(spec, settings, narrowing,
+                             [(k, ",".join(v)) for k, v in axes.items()]))

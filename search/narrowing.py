@@ -44,57 +44,52 @@ Space = Callable[[optuna.Trial, Any], Any]
 
 # --- the space's parameters -------------------------------------------------------------------
 
-class _Done(Exception):
-    """Ends a probe run early: every branch so far is known."""
+class StandIn:
+    """Stands in for an Optuna trial where a space is run without a study: each suggest_*
+    builds the parameter's distribution and asks `choose` for its value."""
 
-
-class _Recorder:
-    """Stands in for an Optuna trial: takes the categorical choices of one branch, suggests
-    the low end of every number, and records every parameter with its distribution."""
-
-    def __init__(self, path: Sequence[int], fixed: Mapping[str, Any],
-                 seen: dict[str, BaseDistribution]) -> None:
-        self.path = list(path)
-        self.widths: list[int] = []
-        self.fixed = fixed
-        self.seen = seen
-        self.params: dict[str, Any] = {}
-
-    def _record(self, name: str, distribution: BaseDistribution) -> None:
-        self.seen.setdefault(name, distribution)
-
-    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> Any:
-        self._record(name, CategoricalDistribution(choices))
-        if name in self.fixed:
-            value = self.fixed[name]
-        else:
-            at = len(self.widths)
-            index = self.path[at] if at < len(self.path) else 0
-            self.widths.append(len(choices))
-            value = choices[index]
-        self.params[name] = value
-        return value
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        self._record(name, FloatDistribution(low, high, step=step, log=log))
-        value = float(self.fixed.get(name, low))
-        self.params[name] = value
-        return value
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
-                    log: bool = False) -> int:
-        self._record(name, IntDistribution(low, high, step=step, log=log))
-        value = int(self.fixed.get(name, low))
-        self.params[name] = value
-        return value
-
-    # What else a space may read of its trial.
-    number = 0
+    number = 0  # what else a space may read of its trial
 
     @property
     def user_attrs(self) -> dict[str, Any]:
         return {}
+
+    def choose(self, name: str, distribution: BaseDistribution) -> Any:
+        raise NotImplementedError
+
+    def suggest_categorical(self, name: str, choices: Sequence[CategoricalChoiceType]) -> Any:
+        return self.choose(name, CategoricalDistribution(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return float(self.choose(name, FloatDistribution(low, high, step=step, log=log)))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
+                    log: bool = False) -> int:
+        return int(self.choose(name, IntDistribution(low, high, step=step, log=log)))
+
+
+class _Recorder(StandIn):
+    """Takes the categorical choices of one branch (`path`), the low end of every number, and
+    records every parameter with its distribution in `seen`."""
+
+    def __init__(self, path: Sequence[int], fixed: Mapping[str, Any],
+                 seen: dict[str, BaseDistribution]) -> None:
+        self.path = list(path)
+        self.widths: list[int] = []  # the number of choices of each categorical met
+        self.fixed = fixed
+        self.seen = seen
+
+    def choose(self, name: str, distribution: BaseDistribution) -> Any:
+        self.seen.setdefault(name, distribution)
+        if name in self.fixed:
+            return self.fixed[name]
+        if not isinstance(distribution, CategoricalDistribution):
+            assert isinstance(distribution, (FloatDistribution, IntDistribution))
+            return distribution.low
+        at = len(self.widths)
+        self.widths.append(len(distribution.choices))
+        return distribution.choices[self.path[at] if at < len(self.path) else 0]
 
 
 def parameters(space: Space, settings: Any, *,
@@ -279,7 +274,7 @@ def narrow(spec: spaces.Study, settings: Any, *, fix: Sequence[tuple[str, str]] 
     return narrowing
 
 
-def stored(spec: spaces.Study, settings: Any, attrs: Mapping[str, Any]) -> Narrowing:
+def as_stored(spec: spaces.Study, settings: Any, attrs: Mapping[str, Any]) -> Narrowing:
     """The narrowing a study was created with (its `narrowing` and `choices` attrs), checked
     again against today's space."""
     asked = attrs.get("narrowing") or {}
@@ -288,3 +283,22 @@ def stored(spec: spaces.Study, settings: Any, attrs: Mapping[str, Any]) -> Narro
                   choices=[(k, ",".join(map(str, v)))
                            for k, v in (asked.get("choices") or {}).items()],
                   pinned=attrs.get("choices"))
+
+
+def for_study(spec: spaces.Study, settings: Any, stored: Mapping[str, Any] | None, trials: int,
+              *, fix: Sequence[tuple[str, str]], choices: Sequence[tuple[str, str]],
+              name: str) -> Narrowing:
+    """Study `name`'s narrowing: as stored (a resume), or as asked (a new study), over the
+    categorical choices pinned when the study was created (today's, for a new one); a resume
+    asked for another narrowing is refused (one line)."""
+    pinned = (stored or {}).get("choices") or pinned_choices(spec.space, settings)
+    asked = narrow(spec, settings, fix=fix, choices=choices, pinned=pinned)
+    if stored is None or not trials:
+        return asked
+    kept = as_stored(spec, settings, stored)
+    if (fix or choices) and asked.asked() != kept.asked():
+        was = kept.describe() or "no narrowing"
+        raise UsageError(f"study {name!r} was created with {was}, not {asked.describe()}: leave "
+                         "--fix and --choices out to resume it, or give --name NEW to start "
+                         "another study")
+    return kept

@@ -294,9 +294,14 @@ def open_search(options: SearchOptions) -> Search:
         raise UsageError(f"study {name!r} distils from teacher {fixed.teacher}: give "
                          "--teacher (and --teacher-arch) again to resume it")
     settings = fixed.trial_settings()
-    narrowing = _narrowing(spec, settings, stored, existing, options, name=name)
-    grid_points = _grid(spec, settings, narrowing, stored, options, name=name)
-    warm = _warm_start(spec, settings, narrowing, options, storage=stores.storage)
+    narrowing = narrowing_module.for_study(spec, settings, stored, existing, fix=options.fix,
+                                           choices=options.choices, name=name)
+    grid = grid_module.for_study(spec, settings, narrowing, stored, sampler=sampler,
+                                 asked=options.grid, trials=trials, name=name)
+    warm = warmstart.gather(
+        enqueue_from=options.enqueue_from, enqueue=options.enqueue, sampler=sampler,
+        storage=options.enqueue_storage, default_storage=stores.storage,
+        space=lambda: narrowing_module.parameters(narrowing.apply(spec.space), settings))
     task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
                                       weights=weights)
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
@@ -327,12 +332,11 @@ def open_search(options: SearchOptions) -> Search:
     for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
-    if grid_points is not None:
-        budget = len(grid_points)
-        attrs_grid = {k: v.split(",") for k, v in _grid_asked(stored, options).items()}
-        optuna_study.set_user_attr(grid_module.GRID, attrs_grid)
+    if grid is not None:
+        budget = len(grid.points)
+        optuna_study.set_user_attr(grid_module.GRID, grid.axes)
         if worker is None:  # the launcher queued them before its workers started
-            grid_module.enqueue(optuna_study, grid_points)
+            grid_module.enqueue(optuna_study, grid.points)
     optuna_study.set_user_attr("budget", budget)
     try:
         tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
@@ -368,7 +372,7 @@ def open_search(options: SearchOptions) -> Search:
                     device=device, compile=options.compile, run_tags=run_tags,
                     owner=options.owner, checkpoint_seconds=options.checkpoint_every,
                     teacher=teacher_model, fixed=tuple(narrowing.fixed),
-                    grid=grid_points is not None)
+                    grid=grid is not None)
     if warm is not None and worker is None:  # a launcher's workers: it enqueued them
         queued = warmstart.enqueue(optuna_study, warm.configs)
         print(f"warm start: {queued} configuration{'s' * (queued != 1)} queued to run first"
@@ -376,90 +380,6 @@ def open_search(options: SearchOptions) -> Search:
     lost_handler.append(search.end_lost_run)
     search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
     return search
-
-
-def _narrowing(spec: spaces.Study, settings: spaces.Settings, stored: dict[str, Any] | None,
-               trials: int, options: SearchOptions, *, name: str) -> narrowing_module.Narrowing:
-    """The study's narrowing: as stored (a resume), or as asked (a new study), over the
-    categorical choices pinned when the study was created (today's, for a new one)."""
-    pinned = (stored or {}).get("choices") or narrowing_module.pinned_choices(spec.space,
-                                                                             settings)
-    asked = narrowing_module.narrow(spec, settings, fix=options.fix, choices=options.choices,
-                                    pinned=pinned)
-    if stored is None or not trials:
-        return asked
-    kept = narrowing_module.stored(spec, settings, stored)
-    if (options.fix or options.choices) and asked.asked() != kept.asked():
-        was = kept.describe() or "no narrowing"
-        raise UsageError(f"study {name!r} was created with {was}, not {asked.describe()}: leave "
-                         "--fix and --choices out to resume it, or give --name NEW to start "
-                         "another study")
-    return kept
-
-
-def _warm_start(spec: spaces.Study, settings: spaces.Settings,
-                narrowing: narrowing_module.Narrowing, options: SearchOptions, *,
-                storage: str) -> warmstart.Applicable | None:
-    """The configurations --enqueue-from and --enqueue ask to try first, reduced to what this
-    study's (narrowed) space takes; None when neither is given. Bad input: one line."""
-    if options.enqueue_storage and not options.enqueue_from:
-        raise UsageError("--enqueue-storage goes with --enqueue-from STUDY")
-    if options.sampler == "grid" and (options.enqueue_from or options.enqueue):
-        raise UsageError("--enqueue-from and --enqueue do not apply to --sampler grid: it runs "
-                         "the grid's points and nothing else")
-    configs: list[dict[str, Any]] = []
-    sources = []
-    if options.enqueue_from:
-        from search.report import load  # reads without creating anything
-        from search.urls import mask_url
-
-        source, _, count = options.enqueue_from.rpartition(":")
-        if not (source and count.isdigit() and int(count) > 0):
-            source, count = options.enqueue_from, "5"
-        other = options.enqueue_storage or storage
-        found = load(other, source, source)
-        best = warmstart.best_configurations(found, int(count))
-        if not best:
-            raise UsageError(f"study {source!r} in {mask_url(other)} has no completed trial to "
-                             "warm-start from")
-        configs += best
-        sources.append(f"study {source!r}")
-    if options.enqueue:
-        configs += warmstart.read_configurations(options.enqueue)
-        sources.append(str(options.enqueue))
-    if not configs:
-        return None
-    distributions = narrowing_module.parameters(narrowing.apply(spec.space), settings)
-    return warmstart.applicable(configs, distributions, source=" and ".join(sources))
-
-
-def _grid_asked(stored: dict[str, Any] | None, options: SearchOptions) -> dict[str, str]:
-    """The grid as asked on the command line, else as stored with the study."""
-    if options.grid:
-        return dict(options.grid)
-    return {k: ",".join(map(str, v)) for k, v in ((stored or {}).get(grid_module.GRID) or {}
-                                                   ).items()}
-
-
-def _grid(spec: spaces.Study, settings: spaces.Settings, narrowing: narrowing_module.Narrowing,
-          stored: dict[str, Any] | None, options: SearchOptions, *,
-          name: str) -> list[dict[str, Any]] | None:
-    """The grid's points (a grid study), or None."""
-    if options.sampler != "grid":
-        if options.grid:
-            raise UsageError("--grid goes with --sampler grid")
-        return None
-    if options.trials is not None:
-        raise UsageError("--trials does not apply to --sampler grid: the budget is the grid's "
-                         "size, every point once")
-    kept = (stored or {}).get(grid_module.GRID)
-    if kept and options.grid:
-        asked = {k: v.split(",") for k, v in options.grid}
-        if {k: [str(x) for x in v] for k, v in kept.items()} != asked:
-            raise UsageError(f"study {name!r} was created with another grid: leave --grid out "
-                             "to resume it, or give --name NEW to start another study")
-    return grid_module.points(spec, settings, narrowing, list(_grid_asked(stored, options)
-                                                              .items()))
 
 
 def _objectives(spec: spaces.Study, names: Sequence[str],

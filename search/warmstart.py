@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import UsageError, first_line
 
 SCALARS = (str, int, float, bool, type(None))  # Optuna's categorical choice types
+DEFAULT_BEST = 5  # configurations --enqueue-from takes when it names no K
 OUTSIDE = object()  # what _inside says of a value outside a distribution (None is a choice)
 
 
@@ -180,3 +181,38 @@ def _inside(distribution: BaseDistribution, value: Any) -> Any:
             isinstance(value, bool) != isinstance(external, bool)):
         return OUTSIDE  # Optuna finds choice 1 for true (1 == True in Python)
     return external
+
+
+def gather(*, enqueue_from: str | None, enqueue: str | Path | None, sampler: str,
+           storage: str | None, default_storage: str,
+           space: Callable[[], Mapping[str, BaseDistribution]]) -> Applicable | None:
+    """What `--enqueue-from STUDY[:K]` (in `storage`, default this study's) and `--enqueue
+    FILE` ask to try first, reduced to the parameters of `space()` (called only then); None
+    when neither is given. Bad input is one UsageError line."""
+    if storage and not enqueue_from:
+        raise UsageError("--enqueue-storage goes with --enqueue-from STUDY")
+    if sampler == "grid" and (enqueue_from or enqueue):
+        raise UsageError("--enqueue-from and --enqueue do not apply to --sampler grid: it runs "
+                         "the grid's points and nothing else")
+    configs: list[dict[str, Any]] = []
+    sources = []
+    if enqueue_from:
+        from search.report import load  # reads without creating anything
+        from search.urls import mask_url
+
+        source, _, count = enqueue_from.rpartition(":")
+        if not (source and count.isdigit() and int(count) > 0):
+            source, count = enqueue_from, str(DEFAULT_BEST)
+        other = storage or default_storage
+        best = best_configurations(load(other, source, source), int(count))
+        if not best:
+            raise UsageError(f"study {source!r} in {mask_url(other)} has no completed trial to "
+                             "warm-start from")
+        configs += best
+        sources.append(f"study {source!r}")
+    if enqueue:
+        configs += read_configurations(enqueue)
+        sources.append(str(enqueue))
+    if not configs:
+        return None
+    return applicable(configs, space(), source=" and ".join(sources))
