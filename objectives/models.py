@@ -17,6 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+# The same number of stages for every backbone, so freeze depth 0..5 means the same thing for all
+# of them (5 = linear probe).
+NUM_STAGES = 5
+
 
 class StagedNet(nn.Module):
     def __init__(

@@ -13,16 +13,15 @@ from torch import nn
 
 from objectives.backbones import (
     BACKBONES,
-    TIMM_PREFIX,
     build_backbone,
     check_backbone,
-    one_line,
     read_state_dict,
     whole_model,
 )
 from objectives.data import Task
-from objectives.errors import InputError
+from objectives.errors import InputError, one_line
 from objectives.serving import ImageClassifier
+from objectives.timm_backbones import TIMM_PREFIX
 
 STUDY_ARCH = "study"  # --teacher-arch study: the study's own model (a trial's model/state_dict.pt)
 TEACHER_ARCHS: tuple[str, ...] = (STUDY_ARCH, *BACKBONES)

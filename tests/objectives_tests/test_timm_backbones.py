@@ -20,7 +20,6 @@ from objectives.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     NUM_STAGES,
-    _stage_ends,
     backbone_stats,
     build_backbone,
     check_backbone,
@@ -29,6 +28,7 @@ from objectives.backbones import (
 )
 from objectives.errors import InputError
 from objectives.models import StagedNet, freeze, layerwise_groups, trainable_parameters
+from objectives.timm_backbones import _stage_ends
 
 timm = pytest.importorskip("timm")
 
