@@ -73,6 +73,11 @@ def build_parser() -> Parser:
                        help="with --sampler grid: the values of a parameter to run every "
                             "combination of (repeatable); the rest come from --fix or the "
                             "study's defaults; the budget is the number of points")
+    group.add_argument("--balance", choices=("loss", "penalty"), default=None,
+                       help="give every loss (or penalty) family the same number of trials, "
+                            "pruned within its family as well as across, so that families "
+                            "are compared on equal budgets (the budget is rounded up to a "
+                            "multiple of the families)")
     group = parser.add_argument_group("warm starts (configurations tried first)")
     group.add_argument("--enqueue-from", default=None, metavar="STUDY[:K]",
                        help="try first the K best configurations (default 5) of another study, "

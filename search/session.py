@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
+from search import balance as balance_module
 from search import grid as grid_module
 from search import narrowing as narrowing_module
 from search import recovery, studies, warmstart
@@ -68,6 +69,7 @@ class Search:
     recovered: set[int] = field(default_factory=set)  # trials this process failed as lost
     fixed: tuple[str, ...] = ()  # parameters held at one value (--fix): tagged on every run
     grid: bool = False  # runs the queued points of --grid only
+    balance: balance_module.Balance | None = None  # --balance: each family its share of trials
 
     @property
     def epochs(self) -> int:
@@ -108,6 +110,8 @@ class Search:
         limit_gpu_memory(self.device)
         if self.grid:
             grid_module.only_queued(self.study)
+        if self.balance is not None:
+            balance_module.round_robin(self.study, self.balance)
         recovery.claim_at_birth(self.study)
         try:
             self.study.optimize(
@@ -226,6 +230,7 @@ class SearchOptions:
     enqueue_from: str | None = None  # STUDY[:K]: warm start from another study's best
     enqueue_storage: str | None = None  # that study's storage (default: this one's)
     enqueue: str | Path | None = None  # a JSON file of configurations to try first
+    balance: str | None = None  # "loss" or "penalty": every family the same number of trials
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True
@@ -298,6 +303,8 @@ def open_search(options: SearchOptions) -> Search:
                                            choices=options.choices, name=name)
     grid = grid_module.for_study(spec, settings, narrowing, stored, sampler=sampler,
                                  asked=options.grid, trials=trials, name=name)
+    balance = balance_module.for_study(spec, settings, narrowing, stored, existing,
+                                       asked=options.balance, grid=grid is not None, name=name)
     warm = warmstart.gather(
         enqueue_from=options.enqueue_from, enqueue=options.enqueue, sampler=sampler,
         storage=options.enqueue_storage, default_storage=stores.storage,
@@ -322,7 +329,9 @@ def open_search(options: SearchOptions) -> Search:
         sampler=make_sampler(sampler, seed + existing),
         # Optuna prunes single-objective studies only: a multi-objective one trains every
         # trial to its last epoch.
-        pruner=make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
+        pruner=balance_module.pruner(
+            make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
+            balance, epochs=settings.epochs),
     )
     attrs = fixed.attrs(image=spec.backbone is not None)  # search.refit reads them back
     if studies.reference(study):
@@ -332,6 +341,12 @@ def open_search(options: SearchOptions) -> Search:
     for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
     budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
+    if balance is not None:
+        budget = balance_module.budget(balance, budget)
+        optuna_study.set_user_attr(balance_module.BALANCE, balance.param)
+        if worker is None:
+            print(f"balanced over {len(balance.families)} {balance.param} families: "
+                  f"{balance.per_family(budget)} trials each (budget {budget})")
     if grid is not None:
         budget = len(grid.points)
         optuna_study.set_user_attr(grid_module.GRID, grid.axes)
@@ -353,6 +368,8 @@ def open_search(options: SearchOptions) -> Search:
     run_tags.update({f"search.{k}": v for k, v in device_tags(device).items()})
     if narrowing:
         run_tags["search.narrowing"] = narrowing.describe()
+    if balance is not None:
+        run_tags["search.balance"] = balance.param
     params: dict[str, Any] = {"study": spec.name, "epochs": settings.epochs, "seed": seed,
                               "metric": ",".join(metrics),
                               "direction": ",".join(directions)}
@@ -372,7 +389,7 @@ def open_search(options: SearchOptions) -> Search:
                     device=device, compile=options.compile, run_tags=run_tags,
                     owner=options.owner, checkpoint_seconds=options.checkpoint_every,
                     teacher=teacher_model, fixed=tuple(narrowing.fixed),
-                    grid=grid is not None)
+                    grid=grid is not None, balance=balance)
     if warm is not None and worker is None:  # a launcher's workers: it enqueued them
         queued = warmstart.enqueue(optuna_study, warm.configs)
         print(f"warm start: {queued} configuration{'s' * (queued != 1)} queued to run first"
