@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from search.cli import Parser, invoke, store_parser, teacher_parser
+from search.cli import Parser, invoke, positive_int, store_parser, teacher_parser
 from search.errors import UsageError
 
 PROG = "search.refit"
@@ -33,6 +33,14 @@ def build_parser() -> Parser:
                         help="as given to search.run, for a study started with --weights")
     parser.add_argument("--register", default=None, metavar="MODEL_NAME",
                         help="also register the model in MLflow's model registry")
+    parser.add_argument("--per-family", nargs="?", const="", default=None,
+                        choices=("", "loss", "penalty"), metavar="loss|penalty",
+                        help="refit the best trial of every loss family (or penalty) with "
+                             "--seeds seeds, test each, and compare the families with 95%% "
+                             "intervals (default: the family the study balanced, else loss); "
+                             "search.report's verdict then rests on these tests")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help="with --per-family: seeds per family (default 3)")
     return parser
 
 
@@ -40,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status, result = invoke(PROG, build_parser(), argv, refit)
     if result is None:  # --help, or an error already told
         return status
+    if "families" in result:  # --per-family: search.family_refit printed its table
+        return 0
     width = max(len(k) for k in result["metrics"])
     print(f"refit of trial {result['trial']} -> MLflow run {result['run_id']}")
     for key, value in sorted(result["metrics"].items()):
@@ -52,7 +62,8 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
           tracking_uri: str | None = None, trial: int | None = None, device: str = "auto",
           data_dir: str | None = None, weights: str | None = None,
           register: str | None = None, teacher: str | None = None,
-          teacher_arch: str | None = None) -> dict[str, Any]:
+          teacher_arch: str | None = None, per_family: str | None = None,
+          seeds: int | None = None) -> dict[str, Any]:
     import optuna
 
     from search import stores as stores_module
@@ -62,6 +73,13 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     from search.settings import StudySettings
     from search.urls import mask_url
 
+    if per_family is not None and trial is not None:
+        raise UsageError("--per-family refits each family's best trial: leave --trial out")
+    if seeds is not None and per_family is None:
+        raise UsageError("--seeds goes with --per-family")
+    if per_family is not None and register:
+        raise UsageError("--register takes one model: refit the trial you chose without "
+                         "--per-family")
     quiet_libraries()
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     spec = studies.find(study, storage=stores.storage, name=name)
@@ -71,7 +89,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     except KeyError:
         raise UsageError(f"no study {name!r} in {mask_url(stores.storage)}: run python -m "
                          f"search.run --study {study} first") from None
-    chosen = _pick(found, trial)
+    chosen = None if per_family is not None else _pick(found, trial)
     fixed = StudySettings.from_attrs(found.user_attrs, spec)
     settings = fixed.trial_settings()
     if fixed.init == "file" and weights is None:
@@ -79,21 +97,49 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir or None,
                                  weights=weights)
     device = pick_device(device)
-    config = spec.space(cast(optuna.Trial, optuna.trial.FixedTrial(chosen.params)), settings)
+    if per_family is not None:
+        from search import family_refit
+
+        plan = family_refit.plan(found, spec, by=per_family or found.user_attrs.get(
+            "balance") or "loss", seeds=seeds or 3)
+        task = load_task(spec, options, "cpu")
+        teacher_model = None
+        if any(config_of(spec, t, settings).loss == "distill" for t in plan.trials.values()):
+            teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
+                                     next(t for t in plan.trials.values()), task, stores,
+                                     settings)
+        return family_refit.run(plan, lambda t, seed, tags: _train_and_log(
+            found, t, dataclasses.replace(config_of(spec, t, settings), seed=seed), task,
+            device=device, stores=stores, register=None, teacher=teacher_model,
+            run_name=f"refit-{tags['search.family']}-seed{seed}", tags=tags, log_model=False),
+            found, base_seed=settings.seed, stores=stores)
+    config = config_of(spec, chosen, settings)
     task = load_task(spec, options, "cpu")
     teacher_model = None
     if config.loss == "distill":  # the study's teacher, unless another one is given
-        from search import teacher as teacher_module
-
-        teacher = teacher or fixed.teacher
-        if not teacher or "***" in teacher:
-            raise UsageError(f"trial {chosen.number} distils from a teacher: give --teacher "
-                             "(and --teacher-arch) as given to search.run")
-        teacher_model = teacher_module.load(
-            teacher, arch=teacher_arch or fixed.teacher_arch, task=task,
-            tracking_uri=stores.client_uri, resolution=settings.resolution or 0)
+        teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
+                                 chosen, task, stores, settings)
     return _train_and_log(found, chosen, config, task, device=device, stores=stores,
                           register=register, teacher=teacher_model)
+
+
+def config_of(spec: Any, trial: Any, settings: Any) -> Any:
+    """The trial's TrialConfig, rebuilt from its parameters by the study's space."""
+    import optuna
+
+    return spec.space(cast(optuna.Trial, optuna.trial.FixedTrial(trial.params)), settings)
+
+
+def _teacher(teacher: str | None, arch: str | None, chosen: Any, task: Any, stores: Any,
+             settings: Any) -> Any:
+    """The study's teacher (or the one given), for a trial that distils."""
+    from search import teacher as teacher_module
+
+    if not teacher or "***" in teacher:
+        raise UsageError(f"trial {chosen.number} distils from a teacher: give --teacher "
+                         "(and --teacher-arch) as given to search.run")
+    return teacher_module.load(teacher, arch=arch, task=task, tracking_uri=stores.client_uri,
+                               resolution=settings.resolution or 0)
 
 
 def _pick(study: Any, number: int | None) -> Any:
@@ -113,7 +159,9 @@ def _pick(study: Any, number: int | None) -> Any:
 
 
 def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: str,
-                   stores: Any, register: str | None, teacher: Any = None) -> dict[str, Any]:
+                   stores: Any, register: str | None, teacher: Any = None,
+                   run_name: str | None = None, tags: dict[str, str] | None = None,
+                   log_model: bool = True) -> dict[str, Any]:
     import torch
 
     from objectives.data import Split, Task
@@ -128,7 +176,8 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
 
     run = RefitRun(stores.client_uri, experiment=study.study_name,
                    artifact_location=stores.artifact_location,
-                   run_name=f"refit-trial-{chosen.number}", tags=_run_tags(study, chosen, device),
+                   run_name=run_name or f"refit-trial-{chosen.number}",
+                   tags={**_run_tags(study, chosen, device), **(tags or {})},
                    params=config.to_dict())
     status = "FAILED"
     try:
@@ -144,7 +193,8 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
             raise
         metrics = evaluate(model, fit_task, resolution=config.resolution)
         run.log_metrics(metrics)
-        model_uri = _log_model(run, model, data, config.resolution, register)
+        model_uri = (_log_model(run, model, data, config.resolution, register) if log_model
+                     else None)
         status = "FINISHED"
     finally:
         run.end(status)

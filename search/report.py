@@ -29,16 +29,20 @@ from search import warmstart
 from search.cli import Parser, invoke, positive_int, store_parser
 from search.display import describe_params, key_columns, leaderboard, state_summary
 from search.errors import UsageError, first_line
+from search.importances import global_params, param_importances
 from search.optuna_storage import open_storage
+from search.plots import draw_family_plots
 from search.settings import stored_objectives
 from search.stores import Stores, resolve
 from search.study import OBJECTIVES
 from search.urls import mask_text, mask_url, scheme, sqlite_file
+from search.verdict import verdict
 
 PROG = "search.report"
-PLOTS = ("optimization_history", "intermediate_values", "pareto_front", "parallel_coordinate",
-         "param_importances", "slice")
-TABLES = ("loss_families.csv", "importances.csv", "trials.csv", "pareto_front.csv")
+PLOTS = ("optimization_history", "learning_curves", "families", "pareto_front",
+         "parallel_coordinate", "param_importances", "slice")
+TABLES = ("verdict.md", "loss_families.csv", "penalty_families.csv", "importances.csv",
+          "trials.csv", "pareto_front.csv")
 COUNTED = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned",
            TrialState.FAIL: "failed"}
 
@@ -121,6 +125,12 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
     say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
     metrics, target = pick_target(found, spec.metric)
     say(f"study {name!r}: {len(found.trials)} trials; storage {mask_url(stores.storage)}")
+    paragraphs = [text for by in ("loss", "penalty") if (text := verdict(
+        found, by=by, value=target, metric=target.name, maximize=target.maximize))]
+    if paragraphs:
+        say("\n\n".join(paragraphs) + "\n")
+        (folder / "verdict.md").write_text(f"# Verdict: study {name}\n\n"
+                                           + "\n\n".join(paragraphs) + "\n")
     console.print(leaderboard(found, metric=",".join(metrics), top=top))
     say(state_summary(found))
     if target.multi:
@@ -132,7 +142,8 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
     if export_best and exported:
         say(f"wrote the {len(exported)} best configuration{'s' * (len(exported) != 1)} of "
             f"study {name!r} to {export_best[1]}")
-    console.print(families_table(found, target, folder / "loss_families.csv"))
+    for by in ("loss", "penalty"):
+        console.print(families_table(found, target, folder / f"{by}_families.csv", by=by))
     table, notes = importances_table(found, target, folder / "importances.csv")
     say(table or "parameter importances need at least 2 completed trials")
     for note in notes + draw_plots(found, folder, target, metrics):
@@ -168,13 +179,14 @@ def pick_target(study: optuna.Study, metric: str) -> tuple[list[str], Target]:
     return metrics, Target(index, metrics[index], maximize, multi=len(metrics) > 1)
 
 
-def families_table(study: optuna.Study, target: Target, path: Path) -> Table:
-    """One row per loss family, best first; also written to `path`."""
+def families_table(study: optuna.Study, target: Target, path: Path, *,
+                   by: str = "loss") -> Table:
+    """One row per loss (or penalty) family, best first; also written to `path`."""
     counts: dict[str, dict[str, int]] = {}
     scores: dict[str, list[float]] = {}
     for trial in study.get_trials(deepcopy=False):
-        if "loss" in trial.params:
-            family = str(trial.params["loss"])
+        if by in trial.params:
+            family = str(trial.params[by])
             count = counts.setdefault(family, dict.fromkeys(("trials", *COUNTED.values()), 0))
             count["trials"] += 1
             if trial.state in COUNTED:  # running and waiting trials are among the trials only
@@ -188,10 +200,13 @@ def families_table(study: optuna.Study, target: Target, path: Path) -> Table:
         rows.append([family, *count.values(), best, statistics.median(values) if values else None])
     sign = -1 if target.maximize else 1  # best first; families with no completed trial last
     rows.sort(key=lambda r: (r[-2] is None, sign * (r[-2] or 0.0), r[0]))
-    columns = ["loss", "trials", *COUNTED.values(), f"best_{target.name}",
+    columns = [by, "trials", *COUNTED.values(), f"best_{target.name}",
                f"median_{target.name}"]
     write_csv(path, columns, rows)
-    return make_table(f"loss families by {target.name} of their completed trials", columns, rows)
+    balanced = " (balanced: equal trials per family)" if study.user_attrs.get(
+        "balance") == by else ""
+    return make_table(f"{by} families by {target.name} of their completed trials{balanced}",
+                      columns, rows)
 
 
 def pareto_table(study: optuna.Study, metrics: list[str], path: Path) -> Table:
@@ -211,22 +226,20 @@ def pareto_table(study: optuna.Study, metrics: list[str], path: Path) -> Table:
 
 def importances_table(study: optuna.Study, target: Target,
                       path: Path) -> tuple[Table | None, list[str]]:
-    """Parameter importances (None before 2 completed trials), written to `path`; and notes."""
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
-        return None, []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            found = optuna.importance.get_param_importances(study, target=target.for_importances())
-        except (ValueError, RuntimeError) as e:
-            return None, [f"parameter importances: {first_line(e)}"]
-    rows: list[list[Any]] = [list(item) for item in found.items()]
-    write_csv(path, ["parameter", "importance"], rows)
-    # What Optuna says about their reliability (e.g. too few trials in a regime), once each.
-    notes = dict.fromkeys(f"parameter importances: {first_line(w.message)}" for w in caught
-                          if "low `target`" not in str(w.message))
-    return make_table(f"parameter importances ({target.name})", ["parameter", "importance"],
-                      rows), list(notes)
+    """Parameter importances (None before 2 completed trials), written to `path`; and notes.
+
+    The ranking covers the parameters every trial has; one that exists under one choice only
+    (focal_gamma) is ranked among the trials that have it, its scope said (search.importances).
+    """
+    found, notes = param_importances(study, target.for_importances())
+    if not found:
+        return None, [f"parameter importances: {n}" for n in notes]
+    columns = ["parameter", "importance", "scope", "trials"]
+    rows: list[list[Any]] = [[i.parameter, i.importance, i.scope, i.trials] for i in found]
+    write_csv(path, columns, rows)
+    return make_table(f"parameter importances ({target.name}); a conditional parameter's share "
+                      "is among the trials of its scope", columns, rows), [
+        f"parameter importances: {n}" for n in notes]
 
 
 def draw_plots(study: optuna.Study, folder: Path, target: Target, metrics: list[str]) -> list[str]:
@@ -239,18 +252,19 @@ def draw_plots(study: optuna.Study, folder: Path, target: Target, metrics: list[
     plt.switch_backend("Agg")  # files only: no display needed (servers, CI)
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     none = "no completed trial yet" if not completed else None
-    curves = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     single = {"target": target, "target_name": target.name} if target.multi else {}
     plots: list[tuple[str, dict[str, Any], str | None]] = [  # (name, arguments, why not)
         ("pareto_front", {"target_names": metrics}, none)] if target.multi else [  # trade-off
-        ("optimization_history", {}, none),
-        ("intermediate_values", {}, None if curves else "no trial reported a value")]
+        ("optimization_history", {}, none)]
     plots += [("parallel_coordinate", single, none),
               ("param_importances", {"target": target.for_importances(),
-                                     "target_name": target.name},
+                                     "target_name": target.name,
+                                     "params": global_params(study, target.for_importances())},
                "needs at least 2 completed trials" if completed < 2 else None),
               ("slice", single, none)]
-    notes = []
+    # Learning curves and values by loss family: Optuna's own plots name every trial.
+    notes = draw_family_plots(study, folder, metric=target.name, maximize=target.maximize,
+                              index=target.index)
     for name, kwargs, missing in plots:
         if missing:
             notes.append(f"{name} plot skipped: {missing}")

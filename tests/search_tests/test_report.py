@@ -22,7 +22,7 @@ from tests.search_tests.conftest import client, load_study
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
-SINGLE_PLOTS = ("optimization_history", "intermediate_values", "parallel_coordinate",
+SINGLE_PLOTS = ("optimization_history", "learning_curves", "families", "parallel_coordinate",
                 "param_importances", "slice")
 LOSSES = ("cross_entropy", "focal", "mse")
 TINY = ["--study", "digits", "--epochs", "2"]
@@ -118,9 +118,22 @@ def test_report_of_a_search(workdir: Path, capsys: pytest.CaptureFixture[str]) -
                          rf"\s+{row['pruned']} │\s+{row['failed']} │", out), row["loss"]
 
     importances = read_csv(folder / "importances.csv")
-    assert {r["parameter"] for r in importances} >= {"lr", "loss"}
-    assert sum(float(r["importance"]) for r in importances) == pytest.approx(1.0)
+    ranked = [r for r in importances if r["scope"] == "all trials"]
+    assert {r["parameter"] for r in ranked} >= {"lr", "loss"}
+    assert sum(float(r["importance"]) for r in ranked) == pytest.approx(1.0)
+    # A parameter some completed trials lack (focal_gamma: focal only) is not in the global
+    # ranking: it is ranked among the trials that have it, or a note says why not.
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    conditional = {p for t in done for p in t.params} - set.intersection(
+        *(set(t.params) for t in done))
+    assert conditional and not {r["parameter"] for r in ranked} & conditional
+    for name in conditional:
+        assert any(r["parameter"] == name and r["scope"] != "all trials"
+                   for r in importances) or f"{name}: only 1 completed trial" in out, name
     assert "parameter importances (val_accuracy)" in out
+    # Validation only (no refit yet): the verdict says what it rests on, first, and in a file.
+    assert out.index("Verdict (loss, on validation only)") < out.index("top 3 trials")
+    assert "refit each family's best" in (folder / "verdict.md").read_text()
 
     trials = read_csv(folder / "trials.csv")
     assert [int(r["number"]) for r in trials] == [t.number for t in study.trials]
@@ -180,7 +193,7 @@ def test_multi_objective_study_shows_its_pareto_front(
     assert (folder / "importances.csv").exists()
     assert_plots(folder, ("pareto_front", "parallel_coordinate", "param_importances", "slice"))
     assert not (folder / "optimization_history.html").exists()
-    assert not (folder / "intermediate_values.png").exists()
+    assert not (folder / "learning_curves.png").exists()  # no trial reported epochs
     assert len(read_csv(folder / "trials.csv")) == 6
 
 
@@ -207,7 +220,7 @@ def test_too_few_trials_skip_with_one_line_each(workdir: Path,
     assert f"warning: report not logged to MLflow run {'0' * 32}" in captured.out
     folder = workdir / "mlruns" / "reports" / "few"
     assert not (folder / "importances.csv").exists()
-    assert_plots(folder, ("optimization_history", "intermediate_values", "slice"))
+    assert_plots(folder, ("optimization_history", "learning_curves", "families", "slice"))
     assert_family_rows(read_csv(folder / "loss_families.csv"), study, "val_accuracy")
 
     out = workdir / "empty-report"
@@ -216,9 +229,11 @@ def test_too_few_trials_skip_with_one_line_each(workdir: Path,
     assert "Traceback" not in captured.out + captured.err
     for name in ("optimization_history", "parallel_coordinate", "slice"):
         assert f"note: {name} plot skipped: no completed trial yet" in captured.out
-    assert "intermediate_values plot skipped" in captured.out
+    assert "note: learning_curves plot skipped: no trial reported a value" in captured.out
+    assert "note: families plot skipped: no completed trial yet" in captured.out
     assert read_csv(out / "loss_families.csv") == []
-    assert sorted(p.name for p in out.iterdir()) == ["loss_families.csv", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["loss_families.csv", "penalty_families.csv",
+                                                     "trials.csv"]
 
 
 def one_error_line(err: str) -> str:
