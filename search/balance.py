@@ -77,6 +77,8 @@ def assign(trials: Sequence[FrozenTrial], number: int, balance: Balance) -> Any:
 
 def round_robin(study: optuna.Study, balance: Balance) -> None:
     """Make the study's `ask` fix each new trial's family (a queued trial keeps its own)."""
+    if getattr(study, "_balanced", False):
+        return
     ask = study.ask
 
     def ask_balanced(fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
@@ -90,6 +92,7 @@ def round_robin(study: optuna.Study, balance: Balance) -> None:
         return trial
 
     study.ask = ask_balanced  # type: ignore[method-assign]
+    study._balanced = True  # type: ignore[attr-defined]
 
 
 class _Family:

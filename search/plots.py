@@ -178,6 +178,8 @@ def families_figures(study: optuna.Study, *, metric: str, maximize: bool, index:
             text=[f"trial {n} ({name})" for n in numbers],
             hovertemplate=f"%{{text}}<br>{metric}: %{{y:.4g}}<extra></extra>"))
     ax.set_xticks(positions, [f"{n}\n({len(groups[n])})" for n in order])
+    if len(order) > 5:  # long names (label_smoothing, cross_entropy) would overlap
+        ax.tick_params(axis="x", labelrotation=30)
     ax.set(xlabel=family, ylabel=metric, title=title)
     ax.grid(axis="y", alpha=0.3)
     html.update_layout(title=title, template="plotly_white", xaxis_title=family,

@@ -10,6 +10,7 @@ and it can be registered.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
 import sys
@@ -33,8 +34,8 @@ def build_parser() -> Parser:
                         help="as given to search.run, for a study started with --weights")
     parser.add_argument("--register", default=None, metavar="MODEL_NAME",
                         help="also register the model in MLflow's model registry")
-    parser.add_argument("--per-family", nargs="?", const="", default=None,
-                        choices=("", "loss", "penalty"), metavar="loss|penalty",
+    parser.add_argument("--per-family", nargs="?", const=True, default=None,
+                        type=family_name, metavar="loss|penalty",
                         help="refit the best trial of every loss family (or penalty) with "
                              "--seeds seeds, test each, and compare the families with 95%% "
                              "intervals (default: the family the study balanced, else loss); "
@@ -42,6 +43,13 @@ def build_parser() -> Parser:
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help="with --per-family: seeds per family (default 3)")
     return parser
+
+
+def family_name(text: str) -> str:
+    """--per-family's value (the bare flag gives True: the study's balance, else loss)."""
+    if text not in ("loss", "penalty"):
+        raise argparse.ArgumentTypeError(f"must be loss or penalty, got {text!r}")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +70,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
           tracking_uri: str | None = None, trial: int | None = None, device: str = "auto",
           data_dir: str | None = None, weights: str | None = None,
           register: str | None = None, teacher: str | None = None,
-          teacher_arch: str | None = None, per_family: str | None = None,
+          teacher_arch: str | None = None, per_family: str | bool | None = None,
           seeds: int | None = None) -> dict[str, Any]:
     import optuna
 
@@ -100,8 +108,8 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     if per_family is not None:
         from search import family_refit
 
-        plan = family_refit.plan(found, spec, by=per_family or found.user_attrs.get(
-            "balance") or "loss", seeds=seeds or 3)
+        by = per_family if isinstance(per_family, str) else found.user_attrs.get("balance")
+        plan = family_refit.plan(found, spec, by=by or "loss", seeds=seeds or 3)
         task = load_task(spec, options, "cpu")
         teacher_model = None
         if any(config_of(spec, t, settings).loss == "distill" for t in plan.trials.values()):

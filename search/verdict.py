@@ -113,30 +113,40 @@ def _from_refits(study: optuna.Study, by: str, refits: Mapping[str, Any],
     best = max(means, key=lambda f: means[f])
     chosen = rows[best]
     accuracy = interval(chosen["test_accuracy"])
-    text = (f"Verdict ({by}, from refits of each family's best trial with {seeds} seed"
-            f"{'s' * (seeds != 1)}, tested once on the held-out test split): use {best}, as in "
-            f"trial {chosen['trial']} [{_config(chosen['params'])}]. Its test accuracy is "
-            f"{accuracy.mean:.4f}"
-            + (f" (95% interval {accuracy.low:.4f} to {accuracy.high:.4f})" if seeds > 1 else "")
-            + ".")
     baseline = BASELINE.get(by)
     others = [f for f in rows if f != best]
-    if baseline == best and others:  # the baseline wins: how close is the runner-up?
+    # The margin: over the baseline, or (the baseline on top) the runner-up's from it.
+    gap = None
+    if baseline in rows and baseline != best:
+        gap = paired(chosen["test_accuracy"], rows[baseline]["test_accuracy"])
+    elif baseline == best and others:
         second = max(others, key=lambda f: means[f])
         gap = paired(rows[second]["test_accuracy"], chosen["test_accuracy"])
-        text += (f" It is the baseline; the next family, {second}, is {gap.points()} points "
-                 f"of test accuracy from it: {_sureness(gap)}.")
-    elif baseline in rows:
-        gap = paired(chosen["test_accuracy"], rows[baseline]["test_accuracy"])
-        text += (f" Over {baseline}'s best, refit with the same seeds, that is {gap.points()} "
-                 f"points of test accuracy (paired over seeds): {_sureness(gap)}.")
-    else:
+    settled = baseline == best or (gap is not None and gap.excludes_zero)
+    text = (f"Verdict ({by}, from refits of each family's best trial with {seeds} seed"
+            f"{'s' * (seeds != 1)}, tested once on the held-out test split): "
+            + ("use" if settled else "highest test accuracy:")
+            + f" {best}, as in trial {chosen['trial']} [{_config(chosen['params'])}], with "
+            f"test accuracy {accuracy.mean:.4f}"
+            + (f" (95% interval {accuracy.low:.4f} to {accuracy.high:.4f})" if seeds > 1 else "")
+            + ".")
+    if gap is None:
         text += f" {baseline} was not refit, so there is no margin over it."
+    elif baseline == best:
+        text += (f" That is the baseline; the next family, {second}, is {gap.points()} points "
+                 f"of test accuracy from it: {_sureness(gap)}.")
+    else:
+        text += (f" Over {baseline}'s best, refit with the same seeds: {gap.points()} points "
+                 f"of test accuracy (paired over seeds), {_sureness(gap)}")
+        text += (f": {baseline} is as good as far as {seeds} seeds can tell." if not settled
+                 else ".")
     close = [f for f in others if not paired(rows[f]["test_accuracy"],
                                              chosen["test_accuracy"]).excludes_zero]
     if close and seeds > 1:
-        text += (f" Within the seed noise of {best}: {', '.join(map(str, close))}; more seeds "
-                 "(--seeds) would separate them.")
+        which = ("Every other family is" if len(close) == len(others)
+                 else f"{', '.join(map(str, close))} {'is' if len(close) == 1 else 'are'}")
+        text += (f" {which} within the seed noise of {best}; more seeds (--seeds) would tell "
+                 "them apart if anything does.")
     return text
 
 
@@ -145,7 +155,7 @@ def _sureness(gap: Interval) -> str:
         return "one seed gives no interval, so how sure this is is unknown (use --seeds 3)"
     if gap.excludes_zero:
         return "larger than the seed noise"
-    return "within noise, so the two are as good as each other as far as these seeds tell"
+    return "within noise"
 
 
 def _from_validation(study: optuna.Study, by: str,

@@ -45,6 +45,23 @@ def test_families_are_assigned_round_robin_by_trial_number() -> None:
     assert balance.budget(LOSSES, 10) == 12 and balance.budget(LOSSES, 12) == 12
 
 
+def test_workers_asking_at_once_take_different_families() -> None:
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0, multivariate=True))
+    balance.round_robin(study, LOSSES)
+    # Six trials created before any of them reached the space (six workers asking together),
+    # then a queued one, which keeps the family it was queued with.
+    asked = [study.ask() for _ in range(6)]
+    study.enqueue_trial({"loss": "mse"})
+    asked.append(study.ask())
+    asked.append(study.ask())
+    found = [t.suggest_categorical("loss", LOSSES.families) for t in reversed(asked)][::-1]
+    assert found == ["cross_entropy", "focal", "mse"] * 2 + ["mse", "cross_entropy"]
+    # The rest of the space is sampled as usual, the family recorded with its full choices.
+    assert isinstance(asked[0].suggest_float("lr", 1e-4, 1.0, log=True), float)
+    assert study.trials[0].distributions["loss"] == CategoricalDistribution(LOSSES.families)
+
+
 def _family_study(values: dict[str, list[list[float]]]) -> optuna.Study:
     """Completed trials of each family with the given per-epoch curves."""
     study = optuna.create_study(direction="maximize")
