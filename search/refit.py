@@ -111,11 +111,10 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
         by = per_family if isinstance(per_family, str) else found.user_attrs.get("balance")
         plan = family_refit.plan(found, spec, by=by or "loss", seeds=seeds or 3)
         task = load_task(spec, options, "cpu")
-        teacher_model = None
-        if any(config_of(spec, t, settings).loss == "distill" for t in plan.trials.values()):
-            teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
-                                     next(t for t in plan.trials.values()), task, stores,
-                                     settings)
+        distils = [t for t in plan.trials.values()
+                   if config_of(spec, t, settings).loss == "distill"]
+        teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
+                                 distils[0], task, stores, settings) if distils else None
         return family_refit.run(plan, lambda t, seed, tags: _train_and_log(
             found, t, dataclasses.replace(config_of(spec, t, settings), seed=seed), task,
             device=device, stores=stores, register=None, teacher=teacher_model,
