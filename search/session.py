@@ -346,7 +346,8 @@ def open_search(options: SearchOptions) -> Search:
         optuna_study.set_user_attr(balance_module.BALANCE, balance.param)
         if worker is None:
             print(f"balanced over {len(balance.families)} {balance.param} families: "
-                  f"{balance.per_family(budget)} trials each (budget {budget})")
+                  f"{balance.per_family(budget)} trial{'s' * (balance.per_family(budget) != 1)} "
+                  f"each (budget {budget})")
     if grid is not None:
         budget = len(grid.points)
         optuna_study.set_user_attr(grid_module.GRID, grid.axes)

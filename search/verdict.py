@@ -138,8 +138,8 @@ def _from_refits(study: optuna.Study, by: str, refits: Mapping[str, Any],
     else:
         text += (f" Over {baseline}'s best, refit with the same seeds: {gap.points()} points "
                  f"of test accuracy (paired over seeds), {_sureness(gap)}")
-        text += (f": {baseline} is as good as far as {seeds} seeds can tell." if not settled
-                 else ".")
+        text += (f": {baseline} is as good as far as {seeds} seeds can tell."
+                 if not settled and gap.n > 1 else ".")
     close = [f for f in others if not paired(rows[f]["test_accuracy"],
                                              chosen["test_accuracy"]).excludes_zero]
     if close and seeds > 1:

@@ -79,6 +79,14 @@ def test_a_family_better_by_more_than_the_noise_is_named_with_its_margin() -> No
     assert "+3.2 [" in said and "larger than the seed noise" in said
 
 
+def test_one_seed_gives_no_interval_and_says_so() -> None:
+    study = _study({"cross_entropy": [0.8, 0.85], "focal": [0.84, 0.86]})
+    _refits(study, {"cross_entropy": [0.90], "focal": [0.95]})
+    said = _say(study)
+    assert "highest test accuracy: focal" in said and "+5.0 points" in said
+    assert "one seed gives no interval" in said and "as good as far as" not in said
+
+
 def test_on_validation_alone_the_verdict_says_its_noise_is_unknown() -> None:
     study = _study({"cross_entropy": [0.8, 0.85, 0.83], "focal": [0.84, 0.88]})
     said = _say(study)
