@@ -28,10 +28,10 @@ from optuna.pruners import BasePruner, MedianPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import UsageError
+from search.narrowing import Narrowing, parameters
 
 if TYPE_CHECKING:
     import spaces
-    from search.narrowing import Narrowing
 
 BALANCE = "balance"  # study attr: the parameter whose families are balanced
 FAMILIES = ("loss", "penalty")  # what --balance takes
@@ -133,8 +133,6 @@ def for_study(spec: spaces.Study, settings: Any, narrowing: Narrowing,
               grid: bool, name: str) -> Balance | None:
     """Study `name`'s balance: as asked for a new study, else as stored; a resume that asks
     for another one is refused, as are a grid and a parameter with fewer than two choices."""
-    from search.narrowing import parameters
-
     kept = (stored or {}).get(BALANCE)
     if stored is not None and trials and asked is not None and asked != kept:
         was = f"--balance {kept}" if kept else "no --balance"

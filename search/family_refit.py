@@ -23,7 +23,15 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.errors import UsageError, first_line
-from search.verdict import METRICS, REFITS, family_best, family_trials, interval, paired
+from search.verdict import (
+    METRICS,
+    REFITS,
+    Interval,
+    family_best,
+    family_trials,
+    interval,
+    paired,
+)
 
 Fit = Callable[[FrozenTrial, int, dict[str, str]], dict[str, Any]]
 
@@ -112,8 +120,6 @@ def table_rows(record: dict[str, Any]) -> list[list[Any]]:
 
 
 def _cell(value: Any) -> Any:
-    from search.verdict import Interval
-
     if isinstance(value, Interval):
         if value.n < 2:
             return f"{value.mean:.4f}"
@@ -122,13 +128,12 @@ def _cell(value: Any) -> Any:
 
 
 def _numbers(row: Sequence[Any]) -> list[Any]:
-    """A row for the CSV file: each interval as its mean, low and high."""
-    from search.verdict import Interval
-
+    """A row for the CSV file: each interval as its mean, low and high (the best family's
+    difference from itself, None, as three empty cells)."""
     cells: list[Any] = []
     for value in row:
         cells += ([value.mean, value.low, value.high] if isinstance(value, Interval)
-                  else [None] * 3 if value is None and len(cells) > 2 else [value])
+                  else [None] * 3 if value is None else [value])
     return cells
 
 

@@ -36,7 +36,7 @@ from search.settings import stored_objectives
 from search.stores import Stores, resolve
 from search.study import OBJECTIVES
 from search.urls import mask_text, mask_url, scheme, sqlite_file
-from search.verdict import verdict
+from search.verdict import family_trials, verdict
 
 PROG = "search.report"
 PLOTS = ("optimization_history", "learning_curves", "families", "pareto_front",
@@ -182,22 +182,14 @@ def pick_target(study: optuna.Study, metric: str) -> tuple[list[str], Target]:
 def families_table(study: optuna.Study, target: Target, path: Path, *,
                    by: str = "loss") -> Table:
     """One row per loss (or penalty) family, best first; also written to `path`."""
-    counts: dict[str, dict[str, int]] = {}
-    scores: dict[str, list[float]] = {}
-    for trial in study.get_trials(deepcopy=False):
-        if by in trial.params:
-            family = str(trial.params[by])
-            count = counts.setdefault(family, dict.fromkeys(("trials", *COUNTED.values()), 0))
-            count["trials"] += 1
-            if trial.state in COUNTED:  # running and waiting trials are among the trials only
-                count[COUNTED[trial.state]] += 1
-            if trial.state == TrialState.COMPLETE:
-                scores.setdefault(family, []).append(target(trial))
     rows = []
-    for family, count in counts.items():
-        values = scores.get(family, [])
+    for family, trials in family_trials(study, by).items():
+        # Running and waiting trials are among the trials only.
+        count = [sum(t.state == state for t in trials) for state in COUNTED]
+        values = [target(t) for t in trials if t.state == TrialState.COMPLETE]
         best = (max if target.maximize else min)(values) if values else None
-        rows.append([family, *count.values(), best, statistics.median(values) if values else None])
+        rows.append([str(family), len(trials), *count, best,
+                     statistics.median(values) if values else None])
     sign = -1 if target.maximize else 1  # best first; families with no completed trial last
     rows.sort(key=lambda r: (r[-2] is None, sign * (r[-2] or 0.0), r[0]))
     columns = [by, "trials", *COUNTED.values(), f"best_{target.name}",

@@ -88,7 +88,7 @@ def verdict(study: optuna.Study, *, by: str = "loss", value: Callable[[FrozenTri
     """The verdict paragraph (empty when no trial has a `by` family and a completed value)."""
     families = family_trials(study, by)
     refits = stored_refits(study, by)
-    text = (_from_refits(study, by, refits, families) if refits and refits.get("families")
+    text = (_from_refits(by, refits) if refits and refits.get("families")
             else _from_validation(study, by, families, value, metric, maximize))
     if not text:
         return ""
@@ -105,8 +105,7 @@ def _config(params: Mapping[str, Any]) -> str:
     return describe_params(dict(params))
 
 
-def _from_refits(study: optuna.Study, by: str, refits: Mapping[str, Any],
-                 families: Mapping[Any, Sequence[FrozenTrial]]) -> str:
+def _from_refits(by: str, refits: Mapping[str, Any]) -> str:
     rows = refits["families"]
     seeds = len(refits["seeds"])
     means = {f: statistics.fmean(r["test_accuracy"]) for f, r in rows.items()}
