@@ -32,6 +32,8 @@ TEST_FRACTION = 0.2  # of an image folder without a test/ folder of its own
 TEST_SEED = 0  # that test split is the same whatever `seed`, like an official test split
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VAL_FOLDERS = ("val", "valid", "validation")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")  # in the order of CIFAR-10's labels
 
 _CIFAR: dict[str, tuple[Any, str]] = {  # torchvision class, key of the labels
     "cifar10": (tv_datasets.CIFAR10, "labels"),
@@ -82,6 +84,39 @@ def load_dataset(
         parts = memory.cache(_read_images)(layout, _signature(files))
         where = root / "train" if "train" in layout else root  # for messages on too few images
     return _split(parts, tuple(names), seed=seed, val_fraction=val_fraction, where=str(where))
+
+
+def read_cifar10(root: str | Path, *, cache_dir: str | Path | None = None
+                 ) -> tuple[Parts, list[str]]:
+    """CIFAR-10's official train and test parts, unsplit, with its ten class names, from either
+    torchvision's layout (`root/cifar-10-batches-py/`) or JPEG folders (`root/train/<class>/`
+    and `root/test/<class>/`, all ten classes). Nothing is downloaded; InputError otherwise."""
+    root = Path(root).expanduser().absolute()
+    cls, _ = _CIFAR["cifar10"]
+    memory = Memory(str(cache_dir) if cache_dir is not None else None, verbose=0)
+    if (root / cls.base_folder).is_dir():
+        files = _cifar_files("cifar10", root, download=False)
+        parts, _ = memory.cache(_read_cifar)("cifar10", files, _signature(files))
+        return parts, list(CIFAR10_CLASSES)  # a label's class is its index, whatever the meta
+    if not root.is_dir() or not {"train", "test"} & {d.name for d in root.iterdir()}:
+        raise InputError(f"no CIFAR-10 in {root}: give --data-dir a folder with "
+                         f"{cls.base_folder}/ (torchvision's layout, from {cls.url}) or with "
+                         "train/<class>/*.jpg and test/<class>/*.jpg")
+    for part in ("train", "test"):
+        if not (root / part).is_dir():
+            raise InputError(f"CIFAR-10 folder {root} has no {part}/ split: it needs "
+                             f"train/<class>/ and test/<class>/ image folders")
+        present = {d.name for d in (root / part).iterdir() if d.is_dir()}
+        if lacking := [c for c in CIFAR10_CLASSES if c not in present]:
+            raise InputError(f"CIFAR-10 folder {root / part} has no class folder "
+                             f"{lacking[0]!r}: it needs all ten ({', '.join(CIFAR10_CLASSES)})")
+    layout, names = _scan_image_folder(root)
+    keep = [names.index(c) for c in CIFAR10_CLASSES]  # only the ten, in CIFAR-10's order
+    relabel = {old: new for new, old in enumerate(keep)}
+    layout = {part: [(path, relabel[label]) for path, label in items if label in relabel]
+              for part, items in layout.items()}
+    files = [path for items in layout.values() for path, _ in items]
+    return memory.cache(_read_images)(layout, _signature(files)), list(CIFAR10_CLASSES)
 
 
 def _signature(files: Iterable[Path]) -> Signature:

@@ -169,17 +169,11 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
                    stores: Any, register: str | None, teacher: Any = None,
                    run_name: str | None = None, tags: dict[str, str] | None = None,
                    log_model: bool = True) -> dict[str, Any]:
-    import torch
-
-    from objectives.data import Split, Task
     from objectives.train import fine_tune
     from search.tracking.models import RefitRun
 
     data = task.data
-    both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
-    fit_data = dataclasses.replace(data, train=both)  # val stays: an in-sample curve only
-    # Train and val go to the device once, as a search's task does (the test split stays put).
-    fit_task = Task(f"{task.name}-refit", fit_data, task.make_model).to(device)
+    fit_task = refit_task(task, device)
 
     run = RefitRun(stores.client_uri, experiment=study.study_name,
                    artifact_location=stores.artifact_location,
@@ -207,6 +201,19 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
         run.end(status)
     return {"trial": chosen.number, "run_id": run.run_id, "metrics": metrics,
             "model_uri": model_uri}
+
+
+def refit_task(task: Any, device: str) -> Any:
+    """`task` with train + validation to train on, on `device` (the test split stays put)."""
+    import torch
+
+    from objectives.data import Split, Task
+
+    data = task.data
+    both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+    fit_data = dataclasses.replace(data, train=both)  # val stays: an in-sample curve only
+    # Train and val go to the device once, as a search's task does.
+    return Task(f"{task.name}-refit", fit_data, task.make_model).to(device)
 
 
 def _device_failed(error: RuntimeError) -> None:

@@ -428,14 +428,17 @@ def _check_applies(spec: spaces.Study, *, data_dir: Any, backbone: Any, weights:
                    pretrained: bool, resolution: Any) -> None:
     """Refuse options that mean nothing for this study, or contradict each other."""
     if spec.backbone is None:
+        # A study with a default data folder (cifar10-transfer) reads its data from there.
         given = [flag for flag, value in (("--backbone", backbone), ("--weights", weights),
                                           ("--no-pretrained", not pretrained),
                                           ("--resolution", resolution),
-                                          ("--data-dir", data_dir)) if value]
+                                          ("--data-dir", spec.data_dir is None and data_dir))
+                 if value]
         if given:
             image_studies = ", ".join(n for n, s in spaces.STUDIES.items() if s.backbone)
+            brings = "its own model" if spec.data_dir is not None else "its own data and model"
             raise UsageError(f"{given[0]} does not apply to study {spec.name!r}, which brings "
-                             f"its own data and model; it applies to {image_studies}")
+                             f"{brings}; it applies to {image_studies}")
         return
     if weights is not None and not pretrained:
         raise UsageError("--weights PATH and --no-pretrained contradict each other: give one")

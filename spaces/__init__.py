@@ -14,6 +14,7 @@ from objectives.data import ImageData, Split, Task, channel_stats
 from objectives.models import StagedNet
 from spaces.base import Settings, Study, TaskOptions
 from spaces.cifar10 import STUDY as CIFAR10
+from spaces.cifar10_transfer import STUDY as CIFAR10_TRANSFER
 from spaces.cifar100 import STUDY as CIFAR100
 from spaces.common import suggest_loss, suggest_optimizer, suggest_penalty, suggest_schedule
 from spaces.digits import STUDY as DIGITS
@@ -24,7 +25,7 @@ from spaces.vision import image_study
 
 STUDIES: dict[str, Study] = {
     study.name: study
-    for study in (DIGITS, CIFAR10, CIFAR100, MNIST, FASHION_MNIST, IMAGEFOLDER)
+    for study in (DIGITS, CIFAR10, CIFAR10_TRANSFER, CIFAR100, MNIST, FASHION_MNIST, IMAGEFOLDER)
 }
 
 

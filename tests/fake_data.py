@@ -62,17 +62,20 @@ def write_mnist(
 def write_image_folder(
     root: Path, *, classes: Sequence[str] = ("cat", "dog", "frog"), per_class: int = 20,
     size: tuple[int, int] = (32, 32), split: bool = False, fmt: str = "png", seed: int = 0,
+    test_per_class: int | None = None,
 ) -> Path:
     """root/<class>/<i>.<fmt>, or with split=True root/train/<class>/ and root/test/<class>/
-    (`per_class` images of each class in each). `size` is (width, height), as in PIL."""
+    (`per_class` images of each class in each, or `test_per_class` in test/). `size` is
+    (width, height), as in PIL."""
     width, height = size
     for part_seed, part in enumerate(("train", "test") if split else ("",)):
-        labels = np.repeat(np.arange(len(classes)), per_class)
+        count = test_per_class if part == "test" and test_per_class is not None else per_class
+        labels = np.repeat(np.arange(len(classes)), count)
         images = fake_images(labels, (3, height, width), seed + part_seed)
         for label, name in enumerate(classes):
             folder = Path(root) / part / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                image = images[label * per_class + i].transpose(1, 2, 0)
+            for i in range(count):
+                image = images[label * count + i].transpose(1, 2, 0)
                 Image.fromarray(image).save(folder / f"{i:04d}.{fmt}")
     return Path(root)

@@ -12,12 +12,15 @@
    distillation, trials per GPU, memory after pruned trials, a real out-of-memory trial, cuDNN
    autotuning and --compile, each step time-limited; the report in mlruns/bench/gpu.md and
    gpu.json. With no --only it runs when a GPU is there; `--device cpu` runs it at toy sizes.
+7. quality: the cifar10-transfer study's default search against two standard recipes on real
+   photographs (`search.bench.quality`); only with `--only quality --data-dir PATH`.
 
 Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; medians are quoted.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -29,8 +32,9 @@ from typing import Any, cast
 import optuna
 
 import spaces
+from objectives.errors import InputError
 from objectives.train import fine_tune
-from search.cli import Parser, positive_float
+from search.cli import Parser, positive_float, positive_int
 from search.errors import UsageError
 from search.optuna_storage import open_storage
 from search.runtime import pick_device, quiet_libraries
@@ -38,7 +42,8 @@ from search.session import SearchOptions, open_search
 from search.study import FINISHED
 from spaces import Settings
 
-SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu")
+SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality")
+ON_REQUEST = ("quality",)  # not part of a run without --only
 
 
 def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]]:
@@ -217,10 +222,17 @@ def main(argv: list[str] | None = None) -> int:
                              "when a GPU is visible)")
     parser.add_argument("--trials", type=int, default=12, help="trials per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the pruning comparison")
+    parser.add_argument("--seeds", type=seed_list, default=None, metavar="N|S,S,...",
+                        help="seeds of the pruning and quality comparisons: a count N (seeds "
+                             "0..N-1) or a list such as 0,1,2 (default 3)")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="FOLDER",
-                        help="real CIFAR-10 as JPEG folders (FOLDER/train/<class>/*.jpg) for "
-                             "the throughput section; default: random images")
+                        help="real CIFAR-10 (FOLDER/train/<class>/*.jpg and test/, or "
+                             "cifar-10-batches-py/) for the quality section (required there) "
+                             "and the throughput section (default: random images)")
+    parser.add_argument("--quality-trials", type=positive_int, default=None, metavar="N",
+                        help="quality section: the search's budget (default: the study's)")
+    parser.add_argument("--quality-epochs", type=positive_int, default=None, metavar="N",
+                        help="quality section: epochs of every run (default: the study's)")
     group = parser.add_argument_group("gpu section")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where the gpu section's steps run (auto: CUDA when present)")
@@ -233,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search.bench: error: --data-dir {args.data_dir} is not a folder: give the "
               "folder of CIFAR-10 JPEGs, or leave it out for random images", file=sys.stderr)
         return 2
+    if "quality" in (args.only or ()) and args.data_dir is None:
+        print("search.bench: error: --only quality needs --data-dir FOLDER, the folder of "
+              "CIFAR-10 (train/ and test/ JPEG folders, or cifar-10-batches-py/)",
+              file=sys.stderr)
+        return 2
+    seeds = args.seeds or [0, 1, 2]
     try:
         device = pick_device(args.device)
     except UsageError as e:
@@ -240,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # With no --only, the gpu section runs on a GPU only: at its CPU size it would add about
     # 9 minutes to the other sections' 15.
-    sections = args.only or [s for s in SECTIONS if s != "gpu" or device == "cuda"]
+    sections = args.only or [s for s in SECTIONS
+                             if (s != "gpu" or device == "cuda") and s not in ON_REQUEST]
     status = 0
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
@@ -254,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if "pruning" in sections:
             budget = spaces.get_study("digits").trials
             print(f"pruning: digits, {budget} trials, hyperband vs none, seeds "
-                  f"0..{args.seeds - 1}", flush=True)
-            p = pruning(trials=budget, seeds=list(range(args.seeds)), workdir=workdir)
+                  f"{','.join(map(str, seeds))}", flush=True)
+            p = pruning(trials=budget, seeds=seeds, workdir=workdir)
             h, n, d = p["hyperband"], p["none"], p["paired"]
             print(f"pruning (medians over seeds): hyperband best {h['best']:.4f} in "
                   f"{h['epochs']:.0f} epochs ({h['seconds']:.0f}s); none best {n['best']:.4f} "
@@ -294,6 +313,35 @@ def main(argv: list[str] | None = None) -> int:
             size = args.size if args.size != "auto" else "full" if device == "cuda" else "small"
             status = run_gpu(device=device, size=size, budget=args.budget,
                              workdir=workdir / "gpu")
+        if "quality" in sections:
+            from search.bench.quality import quality, report
+
+            print(f"quality: cifar10-transfer, seeds {','.join(map(str, seeds))}: recipes, "
+                  "default search and refit", flush=True)
+            try:
+                result = quality(data_dir=args.data_dir, seeds=seeds, device=device,
+                                 trials=args.quality_trials, epochs=args.quality_epochs)
+            except InputError as e:
+                print(f"search.bench: error: {e}", file=sys.stderr)
+                return 2
+            report(result)
     return status
+
+
+def seed_list(text: str) -> list[int]:
+    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a count such as 3 or a list such as 0,1,2, "
+                                         f"got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"lists a seed twice: {text!r}")
+    return seeds
 
 
