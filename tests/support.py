@@ -3,6 +3,9 @@ check of a command's one-line error. Tests import these from here, not from each
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from objectives.config import TrialConfig
@@ -54,3 +57,18 @@ def one_error_line(err: str, prog: str = "search.run") -> str:
     assert "Traceback" not in err
     assert lines[0].startswith(f"{prog}: error: ")
     return lines[0]
+
+
+class Untouchable:
+    """A test split that fails any use: a search must never look at the test split."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the search touched the test split ({name})")
+
+    def __len__(self) -> int:
+        raise AssertionError("the search touched the test split (len)")
+
+
+def with_test(task: Task, test: Any) -> Task:
+    """`task` with its test split replaced (by an Untouchable, or the real one back)."""
+    return dataclasses.replace(task, data=dataclasses.replace(task.data, test=test))

@@ -49,7 +49,7 @@ class Row:
     seed: int | str
     val: float | None  # validation accuracy the row was chosen by (None: not chosen by it)
     metrics: dict[str, float]
-    seconds: float
+    seconds: float | None  # None: timed with the others of its part
     note: str = ""
 
     def cells(self) -> list[Any]:
@@ -142,7 +142,7 @@ def families(*, data_dir: Path, seed: int, folder: Path, device: str) -> tuple[l
                        seeds=1)
         for family, found in record["families"].items():
             rows.append(Row(f"best {by}={family}, refit", seed, None,
-                            {m: found[m][0] for m in METRICS}, 0.0,
+                            {m: found[m][0] for m in METRICS}, None,
                             f"trial {found['trial']}"))
     return rows, time.perf_counter() - started
 
@@ -160,7 +160,7 @@ def summary(seeds: list[Seed]) -> list[Row]:
         vals = [r.val for r in found if r.val is not None]
         out.append(Row(f"median: {name}", f"{len(found)} seeds",
                        statistics.median(vals) if vals else None, metrics,
-                       statistics.median(r.seconds for r in found),
+                       statistics.median(r.seconds for r in found if r.seconds is not None),
                        f"test accuracy {min(accuracies):.4f}-{max(accuracies):.4f}"))
     return out
 

@@ -4,7 +4,6 @@ to evaluate."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,9 @@ from search import runtime
 from search.refit import _run_tags, evaluate, main
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
+from tests.support import Untouchable, with_test
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
-
-
-class _Untouchable:
-    """A split that fails any use: the search must never look at the test split."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the search touched the test split ({name})")
-
-    def __len__(self) -> int:
-        raise AssertionError("the search touched the test split (len)")
-
-
-def _with_test(task: Task, test: Any) -> Task:
-    return dataclasses.replace(task, data=dataclasses.replace(task.data, test=test))
 
 
 def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
@@ -54,12 +40,12 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
     evaluated = []
 
     def load_guarded(*args: Any) -> Task:
-        return _with_test(real_load(*args), _Untouchable())
+        return with_test(real_load(*args), Untouchable())
 
     def evaluate_on_the_test_split(model: Any, task: Task, *, resolution: int) -> Any:
-        assert isinstance(task.data.test, _Untouchable)
+        assert isinstance(task.data.test, Untouchable)
         evaluated.append(task.name)
-        return real_evaluate(model, _with_test(task, test), resolution=resolution)
+        return real_evaluate(model, with_test(task, test), resolution=resolution)
 
     monkeypatch.setattr(runtime, "load_task", load_guarded)
     monkeypatch.setattr(refit_module, "evaluate", evaluate_on_the_test_split)
@@ -139,7 +125,7 @@ def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
     from spaces.digits import STUDY
 
     task = load_digits_task(cache_dir=tmp_path / "cache", seed=0)
-    guard = _Untouchable()
+    guard = Untouchable()
     guarded = ImageData(task.data.train, task.data.val, guard,  # type: ignore[arg-type]
                         task.data.class_names, task.data.mean, task.data.std,
                         crop_padding=task.data.crop_padding)

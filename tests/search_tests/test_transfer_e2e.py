@@ -5,7 +5,6 @@ folder that cannot be the task, and the quality benchmark's CPU path."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from search.report import main as report_main
 from search.run import main
 from tests.fake_data import write_image_folder
 from tests.search_tests.conftest import load_study, runs
-from tests.support import one_error_line
+from tests.support import Untouchable, one_error_line, with_test
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
@@ -41,20 +40,6 @@ def cifar_jpg(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               fmt="jpg")
 
 
-class _Untouchable:
-    """A split that fails any use: a search must never look at the test split."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the search touched the test split ({name})")
-
-    def __len__(self) -> int:
-        raise AssertionError("the search touched the test split (len)")
-
-
-def _with_test(task: Task, test: Any) -> Task:
-    return dataclasses.replace(task, data=dataclasses.replace(task.data, test=test))
-
-
 def test_search_resume_refit_and_report(workdir: Path, cifar_jpg: Path,
                                         monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,11 +49,11 @@ def test_search_resume_refit_and_report(workdir: Path, cifar_jpg: Path,
     def load_guarded(*args: Any) -> Task:
         task = real_load(*args)
         tests.append(task.data.test)
-        return _with_test(task, _Untouchable())
+        return with_test(task, Untouchable())
 
     def evaluate_on_the_test_split(model: Any, task: Task, *, resolution: int) -> Any:
-        assert isinstance(task.data.test, _Untouchable)
-        return real_evaluate(model, _with_test(task, tests[-1]), resolution=resolution)
+        assert isinstance(task.data.test, Untouchable)
+        return real_evaluate(model, with_test(task, tests[-1]), resolution=resolution)
 
     monkeypatch.setattr(runtime, "load_task", load_guarded)
     monkeypatch.setattr(refit_module, "evaluate", evaluate_on_the_test_split)
