@@ -45,6 +45,9 @@ class RefitRun:
             output = model(torch.from_numpy(example)).numpy()
         signature = mlflow.models.infer_signature(example, output)
         mlflow.set_tracking_uri(self.tracking_uri)
+        # The fluent API refuses a run of another experiment than the process's active one,
+        # which a caller (or an earlier refit of another study, in one process) may have set.
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         with mlflow.start_run(run_id=self.run_id):
             # A pickled module, not MLflow's default torch.export graph: the graph cannot
             # change device or mode, so it could not be trained further nor teach on a GPU.

@@ -184,3 +184,28 @@ def test_evaluate_predicts_on_the_model_device(
     meta, cpu = torch.device("meta"), torch.device("cpu")
     assert seen == [(meta, cpu)] * (1 + len(CORRUPTIONS) * len(SEVERITIES))
     assert metrics["test_accuracy"] == pytest.approx(2 / 6)  # argmax 0, two labels are 0
+
+
+def test_a_refit_logs_its_model_whatever_experiment_the_process_has_active(
+    tmp_path: Path,
+) -> None:
+    # A notebook that set its own experiment, or a benchmark refitting several studies in one
+    # process: the model still goes to the refit's own run, in the study's experiment.
+    from search.tracking.models import RefitRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("someone-else")
+    try:
+        for study in ("first", "second"):
+            run = RefitRun(uri, experiment=study, artifact_location=(tmp_path / "a").as_uri(),
+                           run_name="refit", tags={}, params={})
+            model_uri = run.log_model(nn.Linear(3, 2), torch.zeros(1, 3).numpy(), register=None)
+            run.end("FINISHED")
+            loaded = mlflow.pytorch.load_model(model_uri)
+            assert isinstance(loaded, nn.Linear)
+            found = mlflow.MlflowClient(uri).get_run(run.run_id)
+            assert found.info.experiment_id == (
+                mlflow.MlflowClient(uri).get_experiment_by_name(study).experiment_id)
+    finally:
+        mlflow.set_experiment("Default")
