@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data_dir is not None and not args.data_dir.is_dir():
         print(f"search.bench: error: --data-dir {args.data_dir} is not a folder: give the "
-              "folder of CIFAR-10 JPEGs, or leave it out for random images", file=sys.stderr)
+              "folder of CIFAR-10 (JPEG folders or cifar-10-batches-py/), or leave it out for "
+              "the throughput section's random images", file=sys.stderr)
         return 2
     if "quality" in (args.only or ()) and args.data_dir is None:
         print("search.bench: error: --only quality needs --data-dir FOLDER, the folder of "
