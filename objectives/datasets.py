@@ -359,7 +359,8 @@ def _stratified(
     return part, rest
 
 
-def _tensors(x: np.ndarray, y: np.ndarray) -> Split:
+def to_split(x: np.ndarray, y: np.ndarray) -> Split:
+    """uint8 images and int64 labels as a Split, without a copy where none is needed."""
     # A copy only where needed: cached or memory-mapped arrays may be read-only.
     x = np.require(x, np.uint8, ["C", "W"])
     return Split(torch.from_numpy(x), torch.from_numpy(np.require(y, np.int64, ["C", "W"])))
@@ -378,4 +379,4 @@ def _split(
     else:
         val_index, train_index = _stratified(y, val_fraction, seed, names, where)
         train, val = (x[train_index], y[train_index]), (x[val_index], y[val_index])
-    return Splits(_tensors(*train), _tensors(*val), _tensors(*parts["test"]), names)
+    return Splits(to_split(*train), to_split(*val), to_split(*parts["test"]), names)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from joblib import Memory
 
-from objectives.data import ImageData, Split, Task, channel_stats
-from objectives.datasets import CIFAR10_CLASSES, read_cifar10
+from objectives.data import ImageData, Task, channel_stats
+from objectives.datasets import CIFAR10_CLASSES, read_cifar10, to_split
 from objectives.errors import InputError
 from objectives.models import StagedNet, five_stage_cnn, new_head
 
@@ -43,11 +43,6 @@ def _subset(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.ndarra
     return np.ascontiguousarray(x[keep]), relabel[y[keep]]
 
 
-def _split(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.from_numpy(np.require(x, np.uint8, ["C", "W"])),
-                 torch.from_numpy(np.require(y, np.int64, ["C", "W"])))
-
-
 def pretrain_backbone(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
     seed: int, epochs: int,
@@ -62,7 +57,7 @@ def pretrain_backbone(
     from objectives.config import TrialConfig
     from objectives.train import fine_tune
 
-    train, test = _split(train_x, train_y), _split(test_x, test_y)
+    train, test = to_split(train_x, train_y), to_split(test_x, test_y)
     mean, std = channel_stats(train.x)
     data = ImageData(train, test, test, SOURCE_CLASSES, mean, std, crop_padding=CROP_PADDING,
                      flip=True)
@@ -102,7 +97,7 @@ def load_transfer_task(
         raise InputError(f"class {TARGET_CLASSES[small]!r} has {counts[small]} training images "
                          f"in {data_dir}; the cifar10-transfer task needs {need} a class "
                          f"({train_per_class} to train on, {val_per_class} to validate on)")
-    test = _split(*_subset(test_x, test_y, target))
+    test = to_split(*_subset(test_x, test_y, target))
     if len(test) == 0:
         raise InputError(f"the test split of {data_dir} has no images of the target classes "
                          f"({', '.join(TARGET_CLASSES)})")
@@ -114,7 +109,7 @@ def load_transfer_task(
     drawn = [rng.permutation(np.flatnonzero(ty == c)) for c in range(len(target))]
     train = np.sort(np.concatenate([d[:train_per_class] for d in drawn]))
     val = np.sort(np.concatenate([d[train_per_class:need] for d in drawn]))
-    data = ImageData(_split(tx[train], ty[train]), _split(tx[val], ty[val]), test,
+    data = ImageData(to_split(tx[train], ty[train]), to_split(tx[val], ty[val]), test,
                      TARGET_CLASSES, backbone["mean"], backbone["std"],
                      crop_padding=CROP_PADDING, flip=True)
     make_model = functools.partial(_pretrained_model, state=backbone["state"])

@@ -64,9 +64,10 @@ class Seed:
     times: dict[str, float] = field(default_factory=dict)
 
 
-def _stores(folder: Path, seed: int) -> list[str]:
-    return ["--storage", str(folder / "optuna.journal"),
-            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--name", f"{STUDY}-seed{seed}"]
+def _stores(folder: Path, seed: int) -> dict[str, str]:
+    """Where a seed's search is kept: search.refit's keyword arguments, search.run's flags."""
+    return {"storage": str(folder / "optuna.journal"),
+            "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "name": f"{STUDY}-seed{seed}"}
 
 
 def recipes(task: Any, *, seed: int, epochs: int, device: str) -> list[Row]:
@@ -76,11 +77,11 @@ def recipes(task: Any, *, seed: int, epochs: int, device: str) -> list[Row]:
     from search.refit import evaluate, refit_task
 
     rows = []
-    fit_task = refit_task(task, device)
+    train_task, fit_task = task.to(device), refit_task(task, device)  # moved once for both
     for name, recipe in RECIPES.items():
         config = recipe.replace(epochs=epochs, seed=seed)
         started = time.perf_counter()
-        val = fine_tune(config, task.to(device), device=device).final["val_accuracy"]
+        val = fine_tune(config, train_task, device=device).final["val_accuracy"]
         model = fine_tune(config, fit_task, device=device).model
         rows.append(Row(f"recipe: {name}", seed, val,
                         evaluate(model, fit_task, resolution=config.resolution),
@@ -96,7 +97,9 @@ def search_and_refit(*, data_dir: Path, seed: int, folder: Path, trials: int | N
     from search.refit import refit
 
     command = [sys.executable, "-m", "search.run", "--study", STUDY, "--data-dir", str(data_dir),
-               "--seed", str(seed), "--device", device, *_stores(folder, seed)]
+               "--seed", str(seed), "--device", device]
+    for key, value in _stores(folder, seed).items():
+        command += [f"--{key.replace('_', '-')}", value]
     if trials is not None:
         command += ["--trials", str(trials)]
     if epochs is not None:
@@ -117,9 +120,7 @@ def search_and_refit(*, data_dir: Path, seed: int, folder: Path, trials: int | N
 
 
 def _refit_options(data_dir: Path, folder: Path, seed: int) -> dict[str, Any]:
-    return {"study": STUDY, "name": f"{STUDY}-seed{seed}",
-            "storage": str(folder / "optuna.journal"),
-            "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "data_dir": str(data_dir)}
+    return {"study": STUDY, "data_dir": str(data_dir), **_stores(folder, seed)}
 
 
 def _best_value(folder: Path, seed: int) -> float:
@@ -127,8 +128,8 @@ def _best_value(folder: Path, seed: int) -> float:
 
     from search.optuna_storage import open_storage
 
-    study = optuna.load_study(study_name=f"{STUDY}-seed{seed}",
-                              storage=open_storage(str(folder / "optuna.journal")))
+    stores = _stores(folder, seed)
+    study = optuna.load_study(study_name=stores["name"], storage=open_storage(stores["storage"]))
     return float(study.best_value)
 
 
