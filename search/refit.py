@@ -91,6 +91,9 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     quiet_libraries()
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     spec = studies.find(study, storage=stores.storage, name=name)
+    if spec.simulated:
+        raise UsageError(f"study {spec.name!r} simulates its training: it has no model to refit "
+                         "or test; compare its trials with python -m search.report")
     name = name or spec.name
     try:
         found = optuna.load_study(study_name=name, storage=open_storage(stores.storage))

@@ -104,6 +104,9 @@ def build_parser() -> Parser:
                        help="save a running trial's state at most this often (default 30; 0 = "
                             "every epoch), so that a lost trial's retry resumes from it")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--time-scale", type=non_negative_float, default=None, metavar="FACTOR",
+                        help="a simulating study (curves): seconds slept per simulated second "
+                             "of an epoch (default 0.01; 0 = no sleep)")
     parser.add_argument("--compile", action="store_true",
                         help="run models through torch.compile (pays off on long GPU trials)")
     group = parser.add_argument_group(

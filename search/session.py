@@ -231,6 +231,7 @@ class SearchOptions:
     enqueue_storage: str | None = None  # that study's storage (default: this one's)
     enqueue: str | Path | None = None  # a JSON file of configurations to try first
     balance: str | None = None  # "loss" or "penalty": every family the same number of trials
+    time_scale: float | None = None  # a simulating study's sleep per simulated second
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True
@@ -262,7 +263,7 @@ def open_search(options: SearchOptions) -> Search:
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
     spec = studies.find(study, storage=stores.storage, name=name)
     _check_applies(spec, data_dir=data_dir, backbone=backbone, weights=weights,
-                   pretrained=pretrained, resolution=resolution)
+                   pretrained=pretrained, resolution=resolution, time_scale=options.time_scale)
     quiet_libraries()
     device = pick_device(device)
     if teacher_arch is not None and teacher is None:
@@ -310,7 +311,7 @@ def open_search(options: SearchOptions) -> Search:
         storage=options.enqueue_storage, default_storage=stores.storage,
         space=lambda: narrowing_module.parameters(narrowing.apply(spec.space), settings))
     task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
-                                      weights=weights)
+                                      weights=weights, time_scale=options.time_scale)
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
     teacher_model = None
     if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
@@ -425,8 +426,12 @@ def _init(weights: str | Path | None, pretrained: bool) -> str:
 
 
 def _check_applies(spec: spaces.Study, *, data_dir: Any, backbone: Any, weights: Any,
-                   pretrained: bool, resolution: Any) -> None:
+                   pretrained: bool, resolution: Any, time_scale: float | None = None) -> None:
     """Refuse options that mean nothing for this study, or contradict each other."""
+    if time_scale is not None and not spec.simulated:
+        simulated = ", ".join(n for n, s in spaces.STUDIES.items() if s.simulated)
+        raise UsageError(f"--time-scale does not apply to study {spec.name!r}, which trains "
+                         f"real models; it applies to simulating studies: {simulated}")
     if spec.backbone is None:
         # A study with a default data folder (cifar10-transfer) reads its data from there.
         given = [flag for flag, value in (("--backbone", backbone), ("--weights", weights),

@@ -77,8 +77,8 @@ class StudySettings:
                                distill=self.teacher is not None)
 
     def task_options(self, spec: spaces.Study, *, cache_dir: Path | None,
-                     data_dir: str | Path | None, weights: str | Path | None
-                     ) -> spaces.TaskOptions:
+                     data_dir: str | Path | None, weights: str | Path | None,
+                     time_scale: float | None = None) -> spaces.TaskOptions:
         """Where the data and weights come from: the command line's folders, the study's
         backbone and initial weights."""
         import spaces
@@ -87,7 +87,7 @@ class StudySettings:
             seed=self.seed, cache_dir=cache_dir,
             data_dir=Path(data_dir).expanduser() if data_dir is not None else spec.data_dir,
             backbone=self.backbone, weights=Path(weights).expanduser() if weights else None,
-            pretrained=self.init != "random",
+            pretrained=self.init != "random", time_scale=time_scale,
         )
 
 

@@ -218,7 +218,8 @@ class TrialRunner:
                on_epoch: EpochCallback, last_epoch: Callable[[], int],
                checkpoint: Path | None) -> float:
         try:
-            result = fine_tune(config, self.task, device=self.device, on_epoch=on_epoch,
+            train = self.study.train or fine_tune  # a simulating study brings its own
+            result = train(config, self.task, device=self.device, on_epoch=on_epoch,
                                compile=self.compile, checkpoint=checkpoint,
                                checkpoint_seconds=self.checkpoint_seconds,
                                teacher=self.teacher)

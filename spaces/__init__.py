@@ -17,6 +17,7 @@ from spaces.cifar10 import STUDY as CIFAR10
 from spaces.cifar10_transfer import STUDY as CIFAR10_TRANSFER
 from spaces.cifar100 import STUDY as CIFAR100
 from spaces.common import suggest_loss, suggest_optimizer, suggest_penalty, suggest_schedule
+from spaces.curves import STUDY as CURVES
 from spaces.digits import STUDY as DIGITS
 from spaces.imagefolder import STUDY as IMAGEFOLDER
 from spaces.mnist import FASHION_MNIST, MNIST
@@ -25,7 +26,8 @@ from spaces.vision import image_study
 
 STUDIES: dict[str, Study] = {
     study.name: study
-    for study in (DIGITS, CIFAR10, CIFAR10_TRANSFER, CIFAR100, MNIST, FASHION_MNIST, IMAGEFOLDER)
+    for study in (DIGITS, CIFAR10, CIFAR10_TRANSFER, CIFAR100, MNIST, FASHION_MNIST, IMAGEFOLDER,
+                  CURVES)
 }
 
 

@@ -13,6 +13,8 @@ from objectives.data import Task
 if TYPE_CHECKING:
     import optuna
 
+    from objectives.train import FineTuneResult
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -34,6 +36,8 @@ class TaskOptions:
     backbone: str | None = None  # None: the study's default
     weights: Path | None = None  # a local state dict instead of the weights API's download
     pretrained: bool = True  # False: random initial weights
+    time_scale: float | None = None  # a simulating study's sleep per simulated second (None:
+    # its default)
 
 
 class Space(Protocol):
@@ -61,6 +65,13 @@ class Study:
     # A grid search's value of a parameter neither --grid nor --fix gives (else TrialConfig's
     # default of the same name, when the space's range holds it).
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # How a trial trains: None is objectives.train.fine_tune; a stand-in with its signature
+    # simulates training instead (the curves study: no model is trained, nothing to refit).
+    train: Callable[..., FineTuneResult] | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return self.train is not None
 
     def task(self, options: TaskOptions) -> Task:
         return self.load_task(options)
