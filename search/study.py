@@ -34,11 +34,21 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
 }
 
 
+# Hyperband's first rung, in epochs: chosen by `python -m search.bench --only pruning`, which
+# compares pruners at equal epoch budgets (the README's table).
+HYPERBAND_MIN_RESOURCE = 1
+
+
+def hyperband(epochs: int, min_resource: int = HYPERBAND_MIN_RESOURCE) -> BasePruner:
+    """Li et al. 2018; resources are epochs, the brackets span `min_resource` epochs (at most
+    the whole run) to the full run."""
+    return optuna.pruners.HyperbandPruner(min_resource=min(min_resource, epochs),
+                                          max_resource=epochs, reduction_factor=3)
+
+
 def _pruner(name: str, epochs: int) -> BasePruner:
     if name == "hyperband":
-        # Li et al. 2018; resources are epochs, the brackets span 1 epoch to the full run.
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                              reduction_factor=3)
+        return hyperband(epochs)
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     warmup = max(1, epochs // 5)  # the first epochs of every trial are too noisy to judge

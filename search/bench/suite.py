@@ -2,12 +2,14 @@
 
 1. overhead: the same trials as bare `fine_tune` loops and through the search (Optuna storage,
    MLflow tracking, artifacts); the overhead is the extra wall time as a share of trial time.
-2. pruning: the study with the default pruner and with none, same seeds and budget: epochs
-   trained and best validation accuracy.
+2. pruning: pruners compared at equal epoch budgets on the curves and digits studies
+   (`search.bench.pruning`): the best value each finds with the unpruned search's epochs, and
+   the epochs it needs to match that search's best.
 3. quickstart: `python -m search.run --study digits` in a fresh folder (pretraining included).
 4. throughput: training images per second of `fine_tune` (uint8 data and augmentation on the
    device) against a DataLoader + per-image PIL transforms loop (`search.bench.throughput`).
-5. workers: trials per minute of the digits study with 1 and with 2 worker processes.
+5. workers: trials per minute of the digits study with 1 and with 2 worker processes, each
+   worker with the same threads (one core each here).
 6. gpu: the GPU acceptance run (`search.bench.gpu`): throughput, a cifar10 search, refit,
    distillation, trials per GPU, memory after pruned trials, a real out-of-memory trial, cuDNN
    autotuning and --compile, each step time-limited; the report in mlruns/bench/gpu.md and
@@ -39,7 +41,6 @@ from search.errors import UsageError
 from search.optuna_storage import open_storage
 from search.runtime import pick_device, quiet_libraries
 from search.session import SearchOptions, open_search
-from search.study import FINISHED
 from spaces import Settings
 
 SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality")
@@ -118,41 +119,6 @@ def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
     }
 
 
-def pruning(*, trials: int, seeds: list[int], workdir: Path) -> dict[str, dict[str, float]]:
-    """The default pruner against none, same budget, for each seed; medians over the seeds."""
-    runs: dict[str, list[dict[str, float]]] = {"hyperband": [], "none": []}
-    for seed in seeds:
-        for pruner in runs:
-            name = f"pruning-{pruner}-{seed}"
-            search = open_search(SearchOptions(
-                study="digits", name=name, trials=trials, pruner=pruner, seed=seed,
-                device="cpu", **_stores(workdir / name)))
-            search.task()
-            started = time.perf_counter()
-            search.optimize()
-            seconds = time.perf_counter() - started
-            search.close()
-            finished = search.study.get_trials(deepcopy=False, states=FINISHED)
-            figures = {
-                "epochs": sum(len(t.intermediate_values) for t in finished),
-                "best": search.study.best_value,
-                "pruned": sum(t.state.name == "PRUNED" for t in finished),
-                "seconds": seconds,
-            }
-            runs[pruner].append(figures)
-            print(f"  seed {seed}, {pruner}: best {figures['best']:.4f}, "
-                  f"{figures['epochs']:.0f} epochs, {figures['pruned']:.0f} pruned, "
-                  f"{seconds:.0f}s", flush=True)
-    pairs = list(zip(runs["hyperband"], runs["none"], strict=True))
-    return {
-        pruner: {key: statistics.median(r[key] for r in results) for key in results[0]}
-        for pruner, results in runs.items()
-    } | {"paired": {
-        "points": statistics.median(100 * (h["best"] - n["best"]) for h, n in pairs),
-        "epoch_ratio": statistics.median(h["epochs"] / n["epochs"] for h, n in pairs),
-    }}
-
-
 def quickstart(*, workdir: Path) -> dict[str, float]:
     folder = workdir / "quickstart"
     folder.mkdir()
@@ -174,9 +140,17 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
             workdir: Path) -> dict[int, dict[str, float]]:
     """Trials per minute with each worker count: the same 20-epoch trials (enqueued), no pruner.
 
-    Two figures: over the whole command (process start-up included), and over the trials
-    alone (first trial start to last trial end, from the storage).
+    Every worker gets the same threads, the share of the cores the most workers leave each
+    (1 of 2 cores): the launcher gives its workers that share, and the command with fewer
+    workers runs with OMP_NUM_THREADS set to it. Otherwise one worker would use every core and
+    the comparison would measure the cores, not the workers. Two figures: over the whole command
+    (process start-up included), and over the trials alone (first trial start to last trial
+    end, from the storage).
     """
+    import os
+
+    threads = str(max(1, (os.cpu_count() or 1) // max(counts)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     from objectives.digits import load_digits_task
 
     folder = workdir / "workers"
@@ -197,7 +171,7 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
             result = subprocess.run(
                 [sys.executable, "-m", "search.run", "--study", "digits", "--name", name,
                  "--workers", str(n), "--trials", str(trials), "--sampler", "random",
-                 "--pruner", "none"], cwd=folder, capture_output=True, text=True)
+                 "--pruner", "none"], cwd=folder, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(f"workers {n} failed: {result.stderr[-2000:]}")
@@ -224,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
     parser.add_argument("--seeds", type=seed_list, default=None, metavar="N|S,S,...",
                         help="seeds of the pruning and quality comparisons: a count N (seeds "
-                             "0..N-1) or a list such as 0,1,2 (default 3)")
+                             "0..N-1) or a list such as 0,1,2 (default: quality 3; pruning 20 "
+                             "on curves, 5 on digits)")
+    parser.add_argument("--pruning-study", choices=("curves", "digits"), action="append",
+                        help="pruning section: compare on this study only (repeatable; "
+                             "default both)")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="FOLDER",
                         help="real CIFAR-10 (FOLDER/train/<class>/*.jpg and test/, or "
                              "cifar-10-batches-py/) for the quality section (required there) "
@@ -272,16 +250,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"pairs; trials of {o['mean_trial_s']:.2f}s); totals: bare {o['bare_s']:.1f}s, "
                   f"tracked {o['tracked_s']:.1f}s ({o['total_pct']:+.2f}%)  [target <= 2%]")
         if "pruning" in sections:
-            budget = spaces.get_study("digits").trials
-            print(f"pruning: digits, {budget} trials, hyperband vs none, seeds "
-                  f"{','.join(map(str, seeds))}", flush=True)
-            p = pruning(trials=budget, seeds=seeds, workdir=workdir)
-            h, n, d = p["hyperband"], p["none"], p["paired"]
-            print(f"pruning (medians over seeds): hyperband best {h['best']:.4f} in "
-                  f"{h['epochs']:.0f} epochs ({h['seconds']:.0f}s); none best {n['best']:.4f} "
-                  f"in {n['epochs']:.0f} epochs ({n['seconds']:.0f}s); paired: "
-                  f"{d['points']:+.2f} points with {d['epoch_ratio']:.2f}x the epochs  "
-                  "[target >= -0.5 points, <= 0.33x]")
+            from search.bench.pruning import STUDIES, compare, write
+
+            results = []
+            for study, default_seeds in STUDIES.items():
+                if args.pruning_study and study not in args.pruning_study:
+                    continue
+                chosen = args.seeds or list(range(default_seeds))
+                print(f"pruning: {study}, pruners at the epoch budget of the unpruned search, "
+                      f"seeds {_seeds_text(chosen)}", flush=True)
+                results.append(compare(study, seeds=chosen))
+            print("\n".join(write(results)))
         if "quickstart" in sections:
             print("quickstart: python -m search.run --study digits, fresh folder", flush=True)
             q = quickstart(workdir=workdir)
@@ -298,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"workers), ratio {t['ratio']:.2f}x  [GPU targets: >= 5x, >= 25,000 "
                   "images/s with bf16]")
         if "workers" in sections:
-            print("workers: digits, the same 24 trials of 20 epochs, 1 and 2 worker processes",
-                  flush=True)
+            print("workers: digits, the same 24 trials of 20 epochs, 1 and 2 worker processes "
+                  "of equal threads", flush=True)
             w = workers(workdir=workdir)
             one, two = w[1], w[2]
             print(f"workers: 1 worker {one['per_minute']:.1f} trials/min "
@@ -327,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             report(result)
     return status
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive and len(seeds) > 2 else ",".join(map(str,
+                                                                                        seeds))
 
 
 def seed_list(text: str) -> list[int]:
