@@ -220,9 +220,8 @@ class TrialRunner:
         try:
             train = self.study.train or fine_tune  # a simulating study brings its own
             result = train(config, self.task, device=self.device, on_epoch=on_epoch,
-                               compile=self.compile, checkpoint=checkpoint,
-                               checkpoint_seconds=self.checkpoint_seconds,
-                               teacher=self.teacher)
+                           compile=self.compile, checkpoint=checkpoint,
+                           checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         except BaseException as e:
             if isinstance(e, Exception) and not isinstance(e, optuna.TrialPruned):
                 run.add_artifact("traceback.txt", "".join(traceback.format_exception(e)))

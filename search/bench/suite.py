@@ -23,6 +23,7 @@ Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; med
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -147,12 +148,10 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
     (process start-up included), and over the trials alone (first trial start to last trial
     end, from the storage).
     """
-    import os
+    from objectives.digits import load_digits_task
 
     threads = str(max(1, (os.cpu_count() or 1) // max(counts)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    from objectives.digits import load_digits_task
-
     folder = workdir / "workers"
     (folder / "mlruns").mkdir(parents=True)
     load_digits_task(cache_dir=folder / "mlruns" / "cache", seed=0)  # pretrained once, shared

@@ -17,7 +17,7 @@ from tests.support import one_error_line
     ("argv", "expected"),
     [
         (["--study", "nope"], "unknown study 'nope'; known studies: cifar10, cifar10-transfer, "
-                               "cifar100, digits, fashion_mnist, imagefolder, mnist"),
+                               "cifar100, curves, digits, fashion_mnist, imagefolder, mnist"),
         (["--study", "digits", "--sampler", "bogus"], "invalid choice: 'bogus'"),
         (["--study", "digits", "--pruner", "bogus"], "invalid choice: 'bogus'"),
         (["--study", "digits", "--trials", "0"], "--trials: must be a positive integer, got 0"),

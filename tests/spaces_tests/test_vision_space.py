@@ -28,10 +28,13 @@ def test_every_image_study_is_registered_with_this_space() -> None:
         study = get_study(name)
         assert study.space is space and study.backbone == "resnet18"
         assert study.resolutions == RESOLUTIONS
-    assert set(IMAGE_STUDIES) | {"digits", "cifar10-transfer"} == set(STUDIES)
+    assert set(IMAGE_STUDIES) | {"digits", "cifar10-transfer", "curves"} == set(STUDIES)
     assert get_study("digits").backbone is None  # brings its own CNN
     transfer = get_study("cifar10-transfer")  # brings its own CNN, on this space, at 32x32
     assert transfer.backbone is None and transfer.space is space and transfer.resolution == 0
+    curves = get_study("curves")  # this space over simulated training: no data, no model
+    assert curves.space is space and curves.simulated and curves.data_dir is None
+    assert not any(get_study(n).simulated for n in STUDIES if n != "curves")
     assert get_study("imagefolder").data_dir is None  # the user's folder is required
     assert get_study("cifar10").resolution is None  # searched by default
 
