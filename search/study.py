@@ -36,7 +36,7 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
 
 # Hyperband's first rung, in epochs: chosen by `python -m search.bench --only pruning`, which
 # compares pruners at equal epoch budgets (the README's table).
-HYPERBAND_MIN_RESOURCE = 1
+HYPERBAND_MIN_RESOURCE = 3
 
 
 def hyperband(epochs: int, min_resource: int = HYPERBAND_MIN_RESOURCE) -> BasePruner:
