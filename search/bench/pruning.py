@@ -156,12 +156,8 @@ def compare(study: str, *, seeds: list[int], trials: int | None = None,
     spec = spaces.get_study(study)
     trials = trials or spec.trials
     rows: dict[str, Row] = {}
-    references: dict[int, tuple[Search, int]] = {}
-    for seed in seeds:
-        task = _task(spec, seed)
-        reference = run_search(study, CANDIDATES["none"](spec.epochs), seed=seed, task=task,
-                               trials=trials)
-        references[seed] = (reference, reference.spent[-1])
+    references = {seed: run_search(study, CANDIDATES["none"](spec.epochs), seed=seed,
+                                   task=_task(spec, seed), trials=trials) for seed in seeds}
     _measure(rows, "none", CANDIDATES["none"], spec, references, log, reuse=True)
     for name, make in CANDIDATES.items():
         if name != "none":
@@ -172,7 +168,7 @@ def compare(study: str, *, seeds: list[int], trials: int | None = None,
     _measure(rows, name, functools.partial(_patient, CANDIDATES[best.pruner]), spec,
              references, log)
     return {"study": study, "trials": trials, "epochs": spec.epochs, "seeds": seeds,
-            "budget": statistics.median(b for _, b in references.values()), "rows": rows}
+            "budget": statistics.median(r.spent[-1] for r in references.values()), "rows": rows}
 
 
 def _task(spec: spaces.Study, seed: int) -> Any:
@@ -185,15 +181,15 @@ def _task(spec: spaces.Study, seed: int) -> Any:
 
 
 def _measure(rows: dict[str, Row], name: str, make: Callable[[int], BasePruner],
-             spec: spaces.Study, references: dict[int, tuple[Search, int]],
+             spec: spaces.Study, references: dict[int, Search],
              log: Callable[[str], None], *, reuse: bool = False) -> None:
     row = Row(name, [], [], [], [], [])
-    for seed, (reference, budget) in references.items():
+    for seed, reference in references.items():
+        budget = reference.spent[-1]  # the unpruned search's epochs
         if reuse:
             found = reference
         else:
-            task = _task(spec, seed)
-            found = run_search(spec.name, make(spec.epochs), seed=seed, task=task,
+            found = run_search(spec.name, make(spec.epochs), seed=seed, task=_task(spec, seed),
                                budget=budget)
         target = reference.best(budget)
         row.best.append(found.best(budget))
