@@ -20,8 +20,8 @@ Each configuration maps, per seed, to one learning curve of validation accuracy:
 
 `simulate` takes fine_tune's arguments and returns its result: every epoch it sleeps the
 simulated epoch time times `time_scale` (0: no sleep), builds validation logits with exactly
-the curve's accuracy (so every metric and artifact of a real trial is real arithmetic), saves
-its checkpoint and calls `on_epoch`.
+the curve's accuracy (so every metric and artifact of a real trial is real arithmetic), calls
+`on_epoch` and saves its checkpoint.
 """
 
 from __future__ import annotations
@@ -188,12 +188,12 @@ def simulate(
                    "images_per_second": TRAIN_IMAGES / found.epoch_seconds}
         result.history.append(metrics)
         result.val_logits, result.val_targets = logits, targets
-        if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds:
-            saved = time.monotonic()
-            save_checkpoint(checkpoint, {"config": config.to_dict(), "epoch": epoch,
-                                         "history": result.history})
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds:
+            saved = time.monotonic()  # after on_epoch, as in fine_tune
+            save_checkpoint(checkpoint, {"config": config.to_dict(), "epoch": epoch,
+                                         "history": result.history})
     if result.history and result.val_logits is None:  # resumed after its last epoch
         last = result.history[-1]["val_accuracy"]
         result.val_logits = logits_with(last, targets, _rng(config, "logits", config.epochs))

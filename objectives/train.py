@@ -206,10 +206,11 @@ def fine_tune(
 
     With a `checkpoint` path, everything needed to continue exactly (model, optimizer, step,
     the generator of shuffling and augmentation, the l2_sp anchor, history, last logits) is
-    saved there atomically after each epoch, before `on_epoch`. If the file exists at the
-    start, the run continues after the epoch it holds (`resumed_from`); epochs done are neither
-    trained nor reported again. A checkpoint of another config is refused (ValueError). The
-    file is left in place: removing it once the trial is recorded is the caller's job.
+    saved there atomically after each epoch, once `on_epoch` has returned (so every epoch it
+    holds was reported). If the file exists at the start, the run continues after the epoch it
+    holds (`resumed_from`); epochs done are neither trained nor reported again. A checkpoint
+    of another config is refused (ValueError). The file is left in place: removing it once
+    the trial is recorded is the caller's job.
     `checkpoint_seconds` saves only when that long has passed since the last save (or the
     start): on one-second epochs a save per epoch would cost more than it can win back.
 
@@ -329,9 +330,12 @@ def fine_tune(
             metrics["compiled"] = float(forward.status == COMPILED)
         result.history.append(metrics)
         result.val_logits, result.val_targets = logits, val_targets
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
         if checkpoint is not None and time.monotonic() - saved >= checkpoint_seconds:
             saved = time.monotonic()
-            # Before on_epoch: a worker killed while reporting resumes after this epoch.
+            # After on_epoch: every epoch a checkpoint holds has been reported, so a worker
+            # killed between the two trains that epoch again rather than never reporting it.
             save_checkpoint(checkpoint, {
                 "config": config.to_dict(), "epoch": epoch, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -339,8 +343,6 @@ def fine_tune(
                 "reference": penalty.reference, "history": result.history,
                 "val_logits": logits, "val_targets": val_targets,
             })
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
     if isinstance(forward, CompiledModel):
         result.compiled = forward.status
     return result

@@ -173,6 +173,9 @@ class TrialRunner:
         metric = self.objective_metrics[0]
         single = len(self.objective_metrics) == 1
         last_epoch = 0
+        # A retry inherits its lost trial's reports; epochs after the checkpoint it resumes
+        # from are trained again, and their first report stands (Optuna keeps the first).
+        inherited = set(state.intermediate_values)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal last_epoch
@@ -183,7 +186,8 @@ class TrialRunner:
                 self._link(trial, run)
             run.log_epoch(epoch, metrics)
             if single:
-                trial.report(metrics[metric], epoch)
+                if epoch not in inherited:
+                    trial.report(metrics[metric], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 

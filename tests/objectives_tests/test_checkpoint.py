@@ -15,7 +15,8 @@ TIMING = {"epoch_seconds", "images_per_second"}
 
 
 class Killed(Exception):
-    """Stands for a worker killed after epoch 2's checkpoint was written."""
+    """Stands for a worker killed while epoch 3 was being reported: the checkpoint, written
+    after each report, holds epoch 2."""
 
 
 def _metrics(result: FineTuneResult) -> list[dict[str, float]]:
@@ -29,8 +30,8 @@ def _assert_same_model(a: FineTuneResult, b: FineTuneResult) -> None:
         assert torch.equal(sa[name], sb[name]), name
 
 
-def _kill_at_2(epoch: int, metrics: dict[str, float]) -> None:
-    if epoch == 2:
+def _kill_at_3(epoch: int, metrics: dict[str, float]) -> None:
+    if epoch == 3:
         raise Killed
 
 
@@ -59,14 +60,14 @@ def test_resumed_run_equals_the_uninterrupted_one(
     first: list[int] = []
     with pytest.raises(Killed):
         fine_tune(config, augmented, checkpoint=path,
-                  on_epoch=lambda e, m: (first.append(e), _kill_at_2(e, m)))
-    assert first == [1, 2] and path.exists()
+                  on_epoch=lambda e, m: (first.append(e), _kill_at_3(e, m)))
+    assert first == [1, 2, 3] and path.exists()
 
     calls: list[tuple[int, dict[str, float]]] = []
     resumed = fine_tune(config, augmented, checkpoint=path,
                         on_epoch=lambda e, m: calls.append((e, m)))
     assert resumed.resumed_from == 2 and whole.resumed_from == 0
-    assert [e for e, _ in calls] == [3, 4]
+    assert [e for e, _ in calls] == [3, 4]  # the epoch whose report was cut short: again
     assert [m for _, m in calls] == resumed.history[2:]
     assert _metrics(resumed) == _metrics(whole)
     _assert_same_model(resumed, whole)
@@ -82,7 +83,7 @@ def test_l2_sp_anchor_comes_from_the_checkpoint(augmented: Task, tmp_path: Path)
     whole = fine_tune(config, augmented)
     path = tmp_path / "trial.pt"
     with pytest.raises(Killed):
-        fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_2)
+        fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_3)
 
     def moved_model(seed: int) -> StagedNet:
         model = augmented.make_model(seed)
@@ -174,7 +175,7 @@ def test_a_checkpoint_from_another_device_type_resumes(
     config = train_config(epochs=3)
     path = tmp_path / "trial.pt"
     with pytest.raises(Killed):
-        fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_2)
+        fine_tune(config, augmented, checkpoint=path, on_epoch=_kill_at_3)
     state = load_checkpoint(path)
     assert state is not None and state["device_type"] == "cpu"
     state["generator"] = torch.zeros(16, dtype=torch.uint8)  # as torch.cuda's get_state()
