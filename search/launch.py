@@ -2,7 +2,8 @@
 
 Optuna's own distributed model, nothing home-made: every worker runs `study.optimize` against
 the shared storage and the study's budget; the launcher only starts them (pinned to a GPU with
-CUDA_VISIBLE_DEVICES, or with a share of the CPU's threads), shows their combined progress from
+CUDA_VISIBLE_DEVICES, or with a share of the CPU's threads; CPU workers are forked from a warm
+process, see search.forked), shows their combined progress from
 the storage, and watches them. A worker that dies mid-trial is seen here first (its exit status):
 its RUNNING trials are failed as "worker lost" and retried (see search.recovery), and a
 replacement worker is started. SIGTERM or Ctrl-C is passed on to the workers, which interrupt
@@ -27,6 +28,7 @@ from optuna.trial import TrialState
 from search import optuna_storage, recovery
 from search.display import ProgressDisplay
 from search.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
+from search.forked import ForkedProcess, stop_forkserver
 from search.runtime import MEMORY_FRACTION_ENV
 from search.session import Search
 
@@ -45,11 +47,15 @@ class Worker:
     index: int
     env: dict[str, str]
     log: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     handled: bool = False  # its exit has been dealt with (and it was not replaced)
 
     def start(self, argv: Sequence[str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        if not self.env.get("CUDA_VISIBLE_DEVICES"):  # a CPU worker: forked warm
+            self.process = ForkedProcess([*argv, "--worker", str(self.index)], self.env,
+                                         self.log)
+            return
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "search.run", *argv, "--worker", str(self.index)],
@@ -181,6 +187,8 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if any(isinstance(w.process, ForkedProcess) for w in workers):
+            stop_forkserver()
 
 
 def _unless_storage_down(read: Callable[[], T]) -> T | None:

@@ -23,11 +23,14 @@ import itertools
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from search import forked
 
 # A request: (sequence number, ticket or None, what, run key or None, fn, args, kwargs).
 # fn(client, run_id_or_None, *args, **kwargs); a ticket asks for the result back.
@@ -47,8 +50,11 @@ WRITER_NICENESS = 5  # CFS weight 335 against a trial's 1024: it yields, and is 
 
 
 def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int,
-           log: str | None, run_ids: dict[int, str]) -> None:
+           log: str | None, run_ids: dict[int, str], forked: bool = False) -> None:
     """The writer process: requests in order, one reply each, until None comes."""
+    if forked:  # the signal handlers a spawned writer starts with, not the worker's
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if log is not None:
         _log_to(log)
     try:
@@ -214,8 +220,13 @@ class Writer:
 
     def _start(self) -> None:
         # spawn, not fork: the search process has PyTorch's thread pools and SQLAlchemy
-        # connections, which a forked child must not inherit.
-        context = multiprocessing.get_context("spawn")
+        # connections, which a forked child must not inherit. Except at the first start in a
+        # CPU worker forked warm (search.forked) while it runs one thread: then a fork shares
+        # the MLflow pages the forkserver imported (a spawned writer holds ~200 MB of its
+        # own), and what it inherits it never touches (it ends with os._exit, closing none
+        # of the worker's connections).
+        forking = self._generation == 0 and forked.IN_WORKER and threading.active_count() == 1
+        context = multiprocessing.get_context("fork" if forking else "spawn")
         self._requests = context.Queue()
         self._replies = context.Queue()
         # At exit, multiprocessing joins the thread that feeds the queue's pipe; with the writer
@@ -227,10 +238,10 @@ class Writer:
         self.log = (self._log_dir / f"writer-{os.getpid()}-{self._generation}.log"
                     if self._log_dir is not None else None)
         self._ready = False
-        self._process = context.Process(
+        self._process = context.Process(  # type: ignore[attr-defined]
             target=_serve, name="mlflow-writer", daemon=False,
             args=(self._uri, self._requests, self._replies, os.getpid(),
-                  str(self.log) if self.log else None, dict(self._run_ids)),
+                  str(self.log) if self.log else None, dict(self._run_ids), forking),
         )
         self._process.start()
         for request in self._pending.values():  # in order; a run perhaps made is looked up
