@@ -27,12 +27,15 @@ from search.optuna_storage import open_storage, unavailable
 from search.runtime import device_tags, limit_gpu_memory, load_task, pick_device, quiet_libraries
 from search.settings import RESOLUTION_SEARCH, StudySettings, reconcile
 from search.study import (
+    OVER_BUDGET,
     Budget,
+    OverBudget,
     committed_count,
     finished_count,
     make_pruner,
     make_sampler,
     open_study,
+    over_budget,
     state_counts,
 )
 from search.tracking import Tracker
@@ -113,9 +116,17 @@ class Search:
         if self.balance is not None:
             balance_module.round_robin(self.study, self.balance)
         recovery.claim_at_birth(self.study)
+
+        def objective(trial: optuna.Trial) -> float:
+            if over_budget(trial.study, trial.number, self.budget):
+                trial.set_user_attr("fail_reason", OVER_BUDGET)
+                trial.study.stop()
+                raise OverBudget(OVER_BUDGET)
+            return runner(trial)
+
         try:
             self.study.optimize(
-                runner, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+                objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
                 callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget)],
                 # A failed or pruned trial's memory is freed by the runner itself (see
                 # objectives.failures.free_after): a full collection per trial is not needed.
