@@ -257,7 +257,7 @@ class PostgresServer:
     @property
     def pid(self) -> int | None:
         """The postmaster's process id while it runs."""
-        return self._proc.pid if self.running else None
+        return self._proc.pid if self._proc is not None and self.running else None
 
     @property
     def running(self) -> bool:
@@ -437,7 +437,7 @@ class RedisServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running else None
+        return self._proc.pid if self._proc is not None and self.running else None
 
     @property
     def running(self) -> bool:

@@ -16,6 +16,9 @@
    gpu.json. With no --only it runs when a GPU is there; `--device cpu` runs it at toy sizes.
 7. quality: the cifar10-transfer study's default search against two standard recipes on real
    photographs (`search.bench.quality`); only with `--only quality --data-dir PATH`.
+8. scale: coordination at 1, 8, 32 and 64 workers of the curves study on the journal file,
+   PostgreSQL and Redis with MLflow on SQLite and on a server (`search.bench.scale`); only with
+   `--only scale`, about 20 minutes.
 
 Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; medians are quoted.
 """
@@ -44,8 +47,9 @@ from search.runtime import pick_device, quiet_libraries
 from search.session import SearchOptions, open_search
 from spaces import Settings
 
-SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality")
-ON_REQUEST = ("quality",)  # not part of a run without --only
+SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality",
+            "scale")
+ON_REQUEST = ("quality", "scale")  # not part of a run without --only
 
 
 def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]]:
@@ -210,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="quality section: the search's budget (default: the study's)")
     parser.add_argument("--quality-epochs", type=positive_int, default=None, metavar="N",
                         help="quality section: epochs of every run (default: the study's)")
+    from search.bench.scale import SETUPS, WORKERS
+
+    scale = parser.add_argument_group("scale section")
+    scale.add_argument("--scale-workers", type=count_list, default=WORKERS, metavar="N,N,...",
+                       help=f"worker counts (default {','.join(map(str, WORKERS))})")
+    scale.add_argument("--scale-setup", choices=tuple(SETUPS), action="append",
+                       help="Optuna storage + MLflow store (repeatable; default: all)")
     group = parser.add_argument_group("gpu section")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where the gpu section's steps run (auto: CUDA when present)")
@@ -286,6 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{two['per_minute'] / one['per_minute']:.2f}x "
                   f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
                   "[target >= 1.8x]")
+        if "scale" in sections:
+            from search.bench.scale import run_all
+            from search.bench.scale import write as write_scale
+
+            print("scale: the curves study (no compute), worker counts "
+                  f"{','.join(map(str, args.scale_workers))}", flush=True)
+            found = run_all(workers=args.scale_workers, workdir=workdir / "scale",
+                            setups=tuple(args.scale_setup or SETUPS))
+            print(f"scale: table in {write_scale(found)}  [target at 64 workers on postgresql "
+                  "+ server: 0 errors, budget exact, <= 100 ms per trial, <= 10 ms per report]")
         if "gpu" in sections:
             from search.bench.gpu import run_gpu
 
@@ -330,3 +351,14 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+
+
+def count_list(text: str) -> tuple[int, ...]:
+    """--scale-workers: comma-separated positive counts."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive counts such as 1,8,32, got {text!r}")
+    return counts
