@@ -30,10 +30,9 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-# Imported once in the forkserver: everything a worker imports on its way to its first trial.
-PRELOAD = ["search.run", "search.session", "search.trial", "search.tracking.writer",
-           "objectives.train", "objectives.curves", "spaces.registry", "torchvision"]
-
+# Imported once in the forkserver: everything a worker imports on its way to its first trial,
+# then frozen for the garbage collector (see search.warm).
+PRELOAD = ["search.warm"]
 
 IN_WORKER = False  # set in a forked worker: its MLflow writer may be forked too (see writer)
 
