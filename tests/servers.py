@@ -243,6 +243,7 @@ class PostgresServer:
     socket_dir: Path = field(default=Path())
     log_path: Path = field(default=Path())
     bindir: Path = field(default=Path())
+    max_connections: int = 100
     _account: pwd.struct_passwd | None = None
     _proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
@@ -292,7 +293,8 @@ class PostgresServer:
         if self.running:
             return
         command = [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
-        settings = dict(PG_SETTINGS, unix_socket_directories=str(self.socket_dir))
+        settings = dict(PG_SETTINGS, unix_socket_directories=str(self.socket_dir),
+                        max_connections=str(self.max_connections))
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         self._log = open(self.log_path, "ab")  # closed in stop()
@@ -386,7 +388,8 @@ def _create_role_and_database(server: PostgresServer) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server(tmp_dir: Path) -> Iterator[PostgresServer]:
+def postgres_server(tmp_dir: Path, *, max_connections: int = 100
+                    ) -> Iterator[PostgresServer]:
     """A fresh PostgreSQL server on 127.0.0.1:free port, with role `searcher` (password auth over
     TCP) owning database `optuna`; stopped and its data removed on exit."""
     reason = postgres_available()
@@ -408,6 +411,7 @@ def postgres_server(tmp_dir: Path) -> Iterator[PostgresServer]:
         socket_dir=private,
         log_path=tmp_dir / f"postgres-{port}.log",
         bindir=bindir,
+        max_connections=max_connections,
         _account=account,
     )
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,9 @@ TRIALS_PER_WORKER = 4
 WORKER_MB = 150  # private memory of a forked curves worker and its writer: 85 MB measured
 BASE_MB = 1500  # the launcher, the forkserver, the servers
 LIMIT_S = 240.0  # one configuration's wall-clock bound
+# PostgreSQL's default, 100, refused workers beyond about 45 (each holds two connections: its
+# trials' and its heartbeat thread's).
+MAX_CONNECTIONS = 300
 
 
 @dataclass
@@ -141,7 +145,8 @@ def _stores(storage_kind: str, tracking_kind: str, folder: Path) -> Iterator[Sto
             reason = servers.postgres_available()
             if reason is not None:
                 raise _Unavailable(reason)
-            pg = stack.enter_context(servers.postgres_server(folder))
+            pg = stack.enter_context(servers.postgres_server(folder,
+                                                             max_connections=MAX_CONNECTIONS))
         if storage_kind == "postgresql":
             assert pg is not None
             stores.storage = pg.url
@@ -184,12 +189,27 @@ def run_one(setup: str, workers: int, stores: Stores, *, workdir: Path, time_sca
                "--trials", str(budget), "--time-scale", str(time_scale), "--seed", "0"]
     busy = _cpu_ticks()
     started = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                              timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as e:
-        code, output = None, str(e.stdout or "") + str(e.stderr or "")
+    with open(folder / "launcher.log", "w+") as log:
+        launcher = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                    start_new_session=True)
+        try:
+            code: int | None = launcher.wait(LIMIT_S)
+        except subprocess.TimeoutExpired:
+            # As a user's Ctrl-C: the launcher stops its workers, which interrupt their trials;
+            # then whatever is left of the session goes (a killed launcher alone would leave
+            # its workers running into the next configuration).
+            code = None
+            launcher.send_signal(signal.SIGTERM)
+            try:
+                launcher.wait(90)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        log.seek(0)
+        output = log.read()
     result.seconds = time.perf_counter() - started
     result.cpu = _cpu_share(busy)
     result.errors += [f"launcher: {entry[:200]}" for entry in output.splitlines()
