@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
 from search import recovery
+from search.study import OVER_BUDGET
 from search.tracking.tracker import MAX_PARAM_LENGTH
 
 ENDED_BY = "search.sync"  # the search.ended_by tag of a run this ended
@@ -120,7 +121,8 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
     them); the first is the per-epoch metric. Trials that finished less than `settle_seconds`
     ago are skipped (their live writer may be behind), except those numbered in `fresh`.
     """
-    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=FINISHED)
+              if t.user_attrs.get("fail_reason") != OVER_BUDGET}  # never ran: nothing to track
     now = datetime.now()
     runs: dict[int, list[Run]] = {}
     for run in _search(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
