@@ -205,7 +205,9 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(workdir: Path)
     assert lost_run.data.tags["optuna.fail_reason"] == "worker lost"
     retry_run = mlflow.get_run(retry.user_attrs["mlflow_run_id"])
     assert retry_run.data.tags["search.retry_of_trial"] == str(lost.number)
-    assert int(retry_run.data.tags["search.resumed_from_epoch"]) >= 3  # not from scratch
+    # Not from scratch: the checkpoint is written after each report, so it may be one epoch
+    # behind the 3 reported when the worker was killed.
+    assert int(retry_run.data.tags["search.resumed_from_epoch"]) >= 2
     assert len([t for t in study.trials if t.state in FINISHED]) >= 4
     check_nothing_left_running(workdir, study)
     assert not list((workdir / "mlruns" / "checkpoints").rglob("*.pt"))  # all removed
@@ -243,7 +245,8 @@ def test_sigterm_stops_the_launcher_and_a_rerun_resumes(workdir: Path) -> None:
     assert resumed and all(t.state == TrialState.COMPLETE for t in resumed)
     mlflow = client(workdir)
     assert any(int(mlflow.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get(
-        "search.resumed_from_epoch", 0)) >= 3 for t in resumed)
+        "search.resumed_from_epoch", 0)) >= 2 for t in resumed)  # a checkpoint at most one
+    # epoch behind the 3 reported
     check_nothing_left_running(workdir, study)
 
 
