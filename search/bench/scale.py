@@ -72,7 +72,6 @@ class Result:
     skipped: str | None = None
     seconds: float = 0.0
     finished: int = 0
-    diverged: int = 0
     errors: list[str] = field(default_factory=list)
     running: int = 0
     trials_per_second: float = 0.0
@@ -96,6 +95,7 @@ def run_all(*, workers: tuple[int, ...] = WORKERS, setups: tuple[str, ...] = tup
     """Every setup at every worker count; servers started once per setup and shared by its
     worker counts (each count is its own study)."""
     results = []
+    budget = {count: max(4, trials_per_worker * count) for count in workers}
     for setup in setups:
         storage_kind, tracking_kind = SETUPS[setup]
         try:
@@ -103,12 +103,12 @@ def run_all(*, workers: tuple[int, ...] = WORKERS, setups: tuple[str, ...] = tup
                 for count in workers:
                     result = run_one(setup, count, stores, workdir=workdir,
                                      time_scale=time_scale,
-                                     budget=max(4, trials_per_worker * count))
+                                     budget=budget[count])
                     log(line(result))
                     results.append(result)
         except _Unavailable as e:
             for count in workers:
-                result = Result(setup, count, trials_per_worker * count, skipped=str(e))
+                result = Result(setup, count, budget[count], skipped=str(e))
                 log(line(result))
                 results.append(result)
     return results
@@ -247,8 +247,8 @@ def _read_back(result: Result, storage: str, tracking: str, name: str, folder: P
         reason = str(t.user_attrs.get("fail_reason", ""))
         if t.state == TrialState.FAIL:
             if reason.startswith("diverged"):
-                result.diverged += 1
-            elif reason == OVER_BUDGET:
+                continue  # the simulation's own divergences: not errors
+            if reason == OVER_BUDGET:
                 result.over_budget += 1
             else:
                 result.errors.append(f"trial {t.number} failed: {reason}")
