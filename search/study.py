@@ -11,6 +11,8 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from search.rungs import GatedHyperband, GatedSuccessiveHalving
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -41,16 +43,16 @@ HYPERBAND_MIN_RESOURCE = 3
 
 def hyperband(epochs: int, min_resource: int = HYPERBAND_MIN_RESOURCE) -> BasePruner:
     """Li et al. 2018; resources are epochs, the brackets span `min_resource` epochs (at most
-    the whole run) to the full run."""
-    return optuna.pruners.HyperbandPruner(min_resource=min(min_resource, epochs),
-                                          max_resource=epochs, reduction_factor=3)
+    the whole run) to the full run. Asked only at its rung steps (search.rungs)."""
+    return GatedHyperband(min_resource=min(min_resource, epochs), max_resource=epochs,
+                          reduction_factor=3)
 
 
 def _pruner(name: str, epochs: int) -> BasePruner:
     if name == "hyperband":
         return hyperband(epochs)
     if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return GatedSuccessiveHalving(min_resource=1, reduction_factor=3)
     warmup = max(1, epochs // 5)  # the first epochs of every trial are too noisy to judge
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
