@@ -20,7 +20,6 @@ The multiprocessing process is wrapped in the subset of `subprocess.Popen` the l
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -29,6 +28,8 @@ import sys
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+
+from search.cli import exit_now
 
 # Imported once in the forkserver: everything a worker imports on its way to its first trial,
 # then frozen for the garbage collector (see search.warm).
@@ -74,6 +75,13 @@ class ForkedProcess:
         self._process.kill()
 
 
+def warm_up() -> None:
+    """Start the forkserver now: it imports PRELOAD while this process goes on (Python's
+    `ensure_running` does not wait for it); the first worker forked waits for the rest."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()  # type: ignore[attr-defined]
+
+
 def stop_forkserver() -> None:
     """Stop this process's forkserver, once the workers forked from it have ended (it would
     otherwise end with this process). Python has no public call for it: multiprocessing's own
@@ -117,9 +125,4 @@ def _main(argv: list[str], env: dict[str, str], log: str) -> None:
 
         traceback.print_exc()
     finally:
-        try:
-            atexit._run_exitfuncs()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)  # search.run's status, as the launcher reads a cold worker's
+        exit_now(code)  # search.run's status, as the launcher reads a cold worker's

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.cli import (
     Parser,
+    exit_now,
     invoke,
     non_negative_float,
     positive_float,
@@ -187,10 +188,28 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
         **asked: Any) -> int:
     """Run or resume a search; `asked`: the command line's options of the search itself, made
     into a SearchOptions record here. Returns the exit status."""
+    call = functools.partial(_run, argv=argv, timeout=timeout, workers=workers, gpus=gpus,
+                             trials_per_gpu=trials_per_gpu, worker=worker, **asked)
+    if worker is not None or not workers or workers < 2:
+        return call()
+    from search.forked import stop_forkserver, warm_up
+
+    # The forkserver's imports (seconds) run beside this launcher's own: its imports, opening
+    # the study, loading the data. Its CPU workers are forked from it (search.forked).
+    warm_up()
+    try:
+        return call()
+    finally:
+        stop_forkserver()
+
+
+def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
+         gpus: list[str] | None, trials_per_gpu: int, worker: int | None, **asked: Any) -> int:
     from rich.console import Console
 
     from search.display import ProgressDisplay, leaderboard, state_summary
     from search.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
+    from search.forked import stop_forkserver
     from search.launch import Outcome, launch, physical_gpus, plan_workers
     from search.session import SearchOptions, open_search
     from search.stores import ui_command
@@ -204,6 +223,8 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
     gpus = choose_gpus(gpus, device=options.device)
     plans = plan_workers(workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu)
     many = len(plans) > 1
+    if all(plan.get("CUDA_VISIBLE_DEVICES") for plan in plans):
+        stop_forkserver()  # GPU workers start cold: nothing to fork
     if gpus and not many:
         # Before anything starts CUDA (which reads the variable once): this process alone.
         os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpus(gpus)[0]
@@ -310,4 +331,4 @@ def _work(*, timeout: float | None, options: SearchOptions) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -85,8 +86,12 @@ def _serve(tracking_uri: str, requests: Any, replies: Any, parent_pid: int,
                 _end_orphans(client, open_runs)
                 return
             continue
-        if item is None:
-            return
+        if item is None:  # everything is written: go without the interpreter's teardown
+            replies.close()
+            replies.join_thread()  # (about 0.8 s of MLflow's and SQLAlchemy's modules)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         seq, ticket, what, key, fn, args, kwargs = item
         result, error = None, None
         attempt = 0
