@@ -24,5 +24,7 @@ EXIT_TRACKING_LOST = 4  # the exit status of a search stopped by TrackingLost
 
 
 def first_line(error: object) -> str:
-    """An error's first line, for a one-line message (its type when it says nothing)."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    """An error's first line that says something, for a one-line message (its type when none
+    does: some drivers' messages start with a blank line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial
 
-from search.errors import UsageError
+from search.errors import UsageError, first_line
 from search.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
 from search.urls import mask_text, mask_url, scheme
 
@@ -58,7 +58,7 @@ def open_storage(url: str, *, heartbeat: int | None = None,
     except ImportError as e:
         raise UsageError(f"storage {mask_url(url)!r} needs a missing package: {e}") from None
     except Exception as e:  # any driver's connection or parse error
-        reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__, url)
+        reason = mask_text(first_line(e), url)
         raise UsageError(
             f"cannot open storage {mask_url(url)!r}: {reason} (check the URL and that the "
             "server is reachable)"

@@ -22,7 +22,7 @@ from search import grid as grid_module
 from search import narrowing as narrowing_module
 from search import recovery, studies, warmstart
 from search import stores as stores_module
-from search.errors import DeviceFailed, TrackingLost, UsageError
+from search.errors import DeviceFailed, TrackingLost, UsageError, first_line
 from search.optuna_storage import open_storage, unavailable
 from search.runtime import device_tags, limit_gpu_memory, load_task, pick_device, quiet_libraries
 from search.settings import RESOLUTION_SEARCH, StudySettings, reconcile
@@ -198,9 +198,8 @@ class Search:
                                 settle_seconds=SETTLE_SECONDS, fresh=local)
         except Exception as e:  # noqa: BLE001 - the store is away: say so, count them all
             self.untracked = None
-            first = str(e).splitlines()[0] if str(e) else ""
             self.tracker.errors.append("MLflow: rebuilding runs from Optuna's record failed: "
-                                       f"{type(e).__name__}: {first}")
+                                       f"{type(e).__name__}: {first_line(e)}")
             return
         self.untracked = 0
         if report.rebuilt or report.ended:
@@ -371,8 +370,7 @@ def open_search(options: SearchOptions) -> Search:
                           artifact_location=stores.artifact_location,
                           log_dir=stores.log_dir / name if stores.log_dir else None)
     except Exception as e:  # any store or server error, as one line
-        reason = mask_text(str(e).splitlines()[0] if str(e) else type(e).__name__,
-                           stores.tracking_uri)
+        reason = mask_text(first_line(e), stores.tracking_uri)
         raise UsageError(f"cannot open tracking store {mask_url(stores.tracking_uri)!r}: "
                          f"{reason}") from None
     run_tags = {"search.sampler": sampler, "search.pruner": pruner, "search.budget": str(budget),

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 import spaces
-from search.errors import UsageError
+from search.errors import UsageError, first_line
 from search.session import _init, _objectives, _stored
 
 
@@ -44,3 +44,9 @@ def test_what_an_existing_study_holds() -> None:
     study.set_user_attr("epochs", 7)
     study.enqueue_trial({})
     assert _stored(storage, "old") == ({"epochs": 7}, 1)
+
+
+def test_a_one_line_reason_skips_the_blank_lines_a_driver_starts_with() -> None:
+    assert first_line(RuntimeError("\n  connection refused\nDETAIL: ...")) == "connection refused"
+    assert first_line(RuntimeError("\n\n")) == "RuntimeError"
+    assert first_line(ValueError()) == "ValueError"
