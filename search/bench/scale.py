@@ -2,13 +2,13 @@
 
 Each configuration is one `python -m search.run --study curves --workers N` (the launcher and
 its forked CPU workers, the real stack) on an Optuna storage and an MLflow tracking store, in
-a fresh folder. The curves study trains nothing: every epoch sleeps its simulated time times
---time-scale, so what a trial takes beyond its sleeps is coordination: sampling and claiming
-the trial, its MLflow run, every epoch's report, pruning decision and logged metrics, its
-artifacts. Read back from Optuna's record and MLflow:
+a fresh folder. The curves study trains nothing: every epoch takes its simulated time times
+--time-scale (its evaluation included), so what a trial takes beyond that is coordination:
+sampling and claiming the trial, its MLflow run, every epoch's report, pruning decision and
+logged metrics, its artifacts. Read back from Optuna's record and MLflow:
 
 - trials/s: finished trials per second between the first start and the last finish;
-- per trial, per report: each finished trial's wall time minus its simulated sleeps, fitted
+- per trial, per report: each finished trial's wall time minus its simulated time, fitted
   as a + b * epochs over the trials (least squares): a is the cost of one trial, b of one
   epoch's report. Each worker's first trial is left out of the fit and shown on its own
   ("first trial"): it also pays for starting the worker's MLflow writer;
@@ -54,7 +54,7 @@ SETUPS = {
     "redis + server": ("redis", "server"),
     "postgresql + server": ("postgresql", "server"),
 }
-TIME_SCALE = 0.02  # a simulated epoch (20-30 s) sleeps 0.4-0.6 s
+TIME_SCALE = 0.02  # a simulated epoch (20-30 s) takes 0.4-0.6 s
 TRIALS_PER_WORKER = 4
 WORKER_MB = 150  # private memory of a forked curves worker and its writer: 85 MB measured
 BASE_MB = 1500  # the launcher, the forkserver, the servers
@@ -365,7 +365,7 @@ def write(results: list[Result], *, out: Path = OUT) -> Path:
     errors = [f"- {r.setup}, {r.workers} workers: {e}" for r in results for e in r.errors[:5]]
     text = ["# Coordination at scale (python -m search.bench --only scale)", "",
             f"curves study, --time-scale {TIME_SCALE}, {TRIALS_PER_WORKER} trials per worker; "
-            "cost = wall time minus simulated sleeps, fitted as per trial + per report x "
+            "cost = wall time minus simulated time, fitted as per trial + per report x "
             "epochs.", "", *table(results), ""]
     if errors:
         text += ["Errors (first five per configuration):", "", *errors, ""]
