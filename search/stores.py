@@ -7,8 +7,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.errors import UsageError
-from search.urls import SQLITE, mask_url, scheme, sqlite_file
+from search.errors import UsageError, first_line
+from search.urls import SQLITE, mask_text, mask_url, scheme, sqlite_file
 
 MLRUNS = Path("mlruns")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -73,6 +73,72 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
         checkpoint_dir=(MLRUNS / "checkpoints").absolute() if cache_dir is not None else None,
         log_dir=(MLRUNS / "logs").absolute() if cache_dir is not None else None,
     )
+
+
+# Database tracking stores probed before a search opens anything; the driver's own option for
+# a bounded wait on a host that does not answer.
+CONNECT_TIMEOUT = {"postgresql": "connect_timeout", "postgres": "connect_timeout",
+                   "mysql": "connect_timeout"}
+CONNECT_TIMEOUT_S = 10
+
+
+def check_tracking_database(tracking_uri: str) -> None:
+    """Refuse, in one line and at once, a tracking database or server that does not answer.
+
+    MLflow tries to create its engine 10 times over about 100 s and logs the driver's whole
+    message each time (mlflow.store.db.utils, no option to change it): a wrong host, port or
+    password read as a long hang under a wall of warnings. One connection, with a timeout,
+    says it now; a server that answers is left to MLflow.
+    """
+    kind = scheme(tracking_uri)
+    if kind in ("http", "https"):
+        _check_tracking_server(tracking_uri)
+        return
+    if kind not in CONNECT_TIMEOUT:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(
+            tracking_uri, poolclass=NullPool,
+            connect_args={CONNECT_TIMEOUT[kind]: CONNECT_TIMEOUT_S})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except ImportError as e:
+        raise UsageError(f"tracking URI {mask_url(tracking_uri)!r} needs a missing package: "
+                         f"{e}") from None
+    except Exception as e:  # any driver's connection or parse error
+        raise UsageError(f"cannot open tracking store {mask_url(tracking_uri)!r}: "
+                         f"{mask_text(first_line(e), tracking_uri)} (check the URL and that the "
+                         "server is reachable)") from None
+
+
+def _check_tracking_server(tracking_uri: str) -> None:
+    """An MLflow server that cannot be reached is refused in one line. MLflow's client retries
+    a refused connection with backoff for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES); any
+    answer at all, an error page included, means a server is there and is left to MLflow."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(tracking_uri)
+    host = parts.netloc.rpartition("@")[2]  # credentials, if any, are not the probe's
+    health = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health",
+                                      "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (OSError, ValueError) as e:  # refused, unreachable, timed out, a malformed URL
+        reason = getattr(e, "reason", None) or e
+        raise UsageError(f"cannot reach tracking server {mask_url(tracking_uri)!r}: "
+                         f"{mask_text(first_line(reason), tracking_uri)} (check the URL and "
+                         "that `mlflow server` is running there)") from None
 
 
 def _writable(folder: Path) -> bool:

@@ -49,6 +49,30 @@ def test_unreachable_storage_hides_its_password(workdir: Path,
     assert "s3cret-pw" not in captured.err + captured.out
 
 
+def test_unreachable_tracking_database_is_refused_at_once(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # MLflow alone retries its engine for about 100 s, a warning each time; the search refuses
+    # the store in one line before it opens the study.
+    url = "postgresql://tracker:s3cret-pw@127.0.0.1:9/mlflow"
+    assert main(["--study", "digits", "--tracking-uri", url]) == 2
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert "cannot open tracking store 'postgresql://tracker:***@127.0.0.1:9/mlflow'" in line
+    assert "check the URL and that the server is reachable" in line
+    assert "s3cret-pw" not in captured.err + captured.out
+    assert not (workdir / "mlruns" / "optuna.journal").exists()
+
+
+def test_unreachable_tracking_server_is_refused_at_once(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # MLflow's client alone retries a refused connection with backoff for minutes.
+    assert main(["--study", "digits", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot reach tracking server 'http://127.0.0.1:9'" in line
+    assert "Connection refused" in line
+    assert not (workdir / "mlruns" / "optuna.journal").exists()
+
+
 def test_mlruns_that_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
