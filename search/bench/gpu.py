@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import optuna
 from search.bench.data import write_cifar, write_weights
 from search.bench.steps import TAIL_CHARS, Reader, Runner, Step, fmt
 from search.optuna_storage import open_storage
-from search.study import state_counts
+from search.study import OVER_BUDGET
 
 REPORT_DIR = Path("mlruns") / "bench"
 
@@ -136,8 +137,13 @@ class Steps:
         COMPLETE (`more`: at least, as when several workers each finish their last trial)."""
         def read(step: Step, output: str) -> dict[str, Any]:
             study = self.study(name)
-            trials = study.get_trials(deepcopy=False)
-            figures: dict[str, Any] = {"states": dict(state_counts(study))}
+            # A worker's trial that lost the race for the budget's last place ends at once,
+            # FAIL "over budget" (search.study.over_budget): counted apart, not a problem.
+            every = study.get_trials(deepcopy=False)
+            trials = [t for t in every if t.user_attrs.get("fail_reason") != OVER_BUDGET]
+            figures: dict[str, Any] = {"states": dict(Counter(t.state.name for t in trials))}
+            if len(trials) < len(every):
+                figures["over_budget"] = len(every) - len(trials)
             done = [t for t in trials if t.state.name == "COMPLETE"]
             if done:
                 figures["best_val_accuracy"] = max(t.value for t in done if t.value is not None)
