@@ -28,7 +28,8 @@ from optuna.trial import FrozenTrial
 
 
 class _RungGate:
-    """The gate; mixed into a pruner whose rungs are min_resource * reduction_factor ** k."""
+    """The gate; mixed in before a pruner whose rungs are min_resource * reduction_factor ** k
+    (its `prune` is the pruner's, behind the gate)."""
 
     def _gate(self, min_resource: int, reduction_factor: int) -> None:
         if min_resource < 1 or reduction_factor < 2:
@@ -52,8 +53,11 @@ class _RungGate:
         judged = self._judged.get(trial._trial_id)
         return judged is None or step >= self._next_rung(judged)
 
-    def _judge(self, trial: FrozenTrial, pruned: bool) -> bool:
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if not self._due(trial):
+            return False
         self.asked += 1
+        pruned: bool = super().prune(study, trial)  # type: ignore[misc]  # the pruner's own
         if pruned:  # asked again, the pruner answers again (a NaN is pruned every time)
             self._judged.pop(trial._trial_id, None)
         else:
@@ -70,11 +74,6 @@ class GatedHyperband(_RungGate, optuna.pruners.HyperbandPruner):
         super().__init__(min_resource=min_resource, max_resource=max_resource,
                          reduction_factor=reduction_factor)
 
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if not self._due(trial):
-            return False
-        return self._judge(trial, super().prune(study, trial))
-
 
 class GatedSuccessiveHalving(_RungGate, optuna.pruners.SuccessiveHalvingPruner):
     """optuna.pruners.SuccessiveHalvingPruner (ASHA) with an integer min_resource, asked only
@@ -83,8 +82,3 @@ class GatedSuccessiveHalving(_RungGate, optuna.pruners.SuccessiveHalvingPruner):
     def __init__(self, *, min_resource: int, reduction_factor: int) -> None:
         self._gate(min_resource, reduction_factor)
         super().__init__(min_resource=min_resource, reduction_factor=reduction_factor)
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if not self._due(trial):
-            return False
-        return self._judge(trial, super().prune(study, trial))

@@ -271,7 +271,8 @@ def open_search(options: SearchOptions) -> Search:
     objectives, teacher, teacher_arch = options.objectives, options.teacher, options.teacher_arch
     load_device, worker = options.load_device, options.worker
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
-    stores_module.check_tracking_database(stores.tracking_uri)
+    if worker is None:  # a launcher's workers follow its check
+        stores_module.check_tracking_store(stores.tracking_uri)
     spec = studies.find(study, storage=stores.storage, name=name)
     _check_applies(spec, data_dir=data_dir, backbone=backbone, weights=weights,
                    pretrained=pretrained, resolution=resolution, time_scale=options.time_scale)

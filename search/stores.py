@@ -75,14 +75,13 @@ def resolve(*, storage: str | None, tracking_uri: str | None) -> Stores:
     )
 
 
-# Database tracking stores probed before a search opens anything; the driver's own option for
-# a bounded wait on a host that does not answer.
-CONNECT_TIMEOUT = {"postgresql": "connect_timeout", "postgres": "connect_timeout",
-                   "mysql": "connect_timeout"}
+# Database tracking stores probed before a search opens anything: their drivers (psycopg,
+# PyMySQL) take connect_timeout, a bounded wait on a host that does not answer.
+DATABASE_SCHEMES = ("postgresql", "postgres", "mysql")
 CONNECT_TIMEOUT_S = 10
 
 
-def check_tracking_database(tracking_uri: str) -> None:
+def check_tracking_store(tracking_uri: str) -> None:
     """Refuse, in one line and at once, a tracking database or server that does not answer.
 
     MLflow tries to create its engine 10 times over about 100 s and logs the driver's whole
@@ -94,7 +93,7 @@ def check_tracking_database(tracking_uri: str) -> None:
     if kind in ("http", "https"):
         _check_tracking_server(tracking_uri)
         return
-    if kind not in CONNECT_TIMEOUT:
+    if kind not in DATABASE_SCHEMES:
         return
     import sqlalchemy
     from sqlalchemy.pool import NullPool
@@ -102,7 +101,7 @@ def check_tracking_database(tracking_uri: str) -> None:
     try:
         engine = sqlalchemy.create_engine(
             tracking_uri, poolclass=NullPool,
-            connect_args={CONNECT_TIMEOUT[kind]: CONNECT_TIMEOUT_S})
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
         try:
             with engine.connect():
                 pass
