@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from objectives.interrupts import interrupts_held
+
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
@@ -16,20 +18,23 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
     The bytes go to `<path>.tmp` in the same folder (so `os.replace` is a rename on one file
     system), are flushed to disk, then renamed over `path`. A fixed temporary name means a save
-    killed half-way leaves at most one stale `.tmp`, which the next save overwrites.
+    killed half-way leaves at most one stale `.tmp`, which the next save overwrites. Ctrl-C and
+    SIGTERM wait for the save to end: torch turned one landing in its write into a RuntimeError,
+    and the checkpoint just written is the one the interrupted trial's retry resumes from.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not reach the disk before the data
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with interrupts_held():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not reach the disk before the data
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _reason(error: Exception) -> str:

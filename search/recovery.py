@@ -12,19 +12,17 @@ intermediate values.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+
+from objectives.interrupts import interrupts_held
 
 WORKER = "worker"  # user attribute: "node:pid" of the process running the trial
 NODE_ENV = "FINETUNE_SEARCH_NODE"
@@ -112,44 +110,6 @@ def claim_at_birth(study: optuna.Study) -> None:
 
     study.ask = ask_and_claim  # type: ignore[method-assign]
     study._claims_at_birth = True  # type: ignore[attr-defined]
-
-
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while the block runs; deliver the first one that came after it.
-
-    Python runs signal handlers in the main thread at its next check, whichever thread the
-    kernel gave the signal to, so blocking the signal in the main thread (pthread_sigmask)
-    does not hold it when other threads run (MLflow's queue feeder, the progress display):
-    the handler itself is swapped for one that only takes note. Off the main thread, where
-    handlers cannot be set, the block runs unprotected.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[tuple[int, FrameType | None]] = []
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        caught.append((signum, frame))
-
-    # A handler set outside Python (getsignal gives None) cannot be put back: left as it is.
-    previous = {number: signal.signal(number, note) for number in INTERRUPTS
-                if signal.getsignal(number) is not None}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if caught:
-            signum, frame = caught[0]
-            handler = previous[signal.Signals(signum)]
-            if callable(handler):
-                handler(signum, frame)  # Python's Ctrl-C handler raises KeyboardInterrupt here
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
 
 
 def fail_own_trials(study: optuna.Study, *, on_lost: OnLost | None = None) -> list[int]:

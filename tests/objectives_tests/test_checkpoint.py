@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -153,6 +156,43 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["trial.pt"]
     state = load_checkpoint(path)
     assert state is not None and torch.equal(state["a"], torch.arange(4))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_the_save_comes_after_it_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    # Delivered inside torch.save's write, the interrupt came out of torch as a RuntimeError
+    # ("unexpected pos"): the trial failed as an error and the stopped worker went on.
+    real_save = torch.save
+
+    class InterruptedWrite:  # the file torch writes to; Ctrl-C/SIGTERM lands in its 2nd write
+        def __init__(self, file: Any) -> None:
+            self.file, self.writes = file, 0
+
+        def write(self, data: bytes) -> int:
+            self.writes += 1
+            if self.writes == 2:
+                os.kill(os.getpid(), signum)
+            return self.file.write(data)
+
+        def flush(self) -> None:
+            self.file.flush()
+
+    def raise_interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt  # what search.run does with SIGTERM
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, InterruptedWrite(f)))
+    previous = signal.signal(signum, raise_interrupt)
+    path = tmp_path / "trial.pt"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"a": torch.arange(1000), "epoch": 3})
+    finally:
+        signal.signal(signum, previous)
+    state = load_checkpoint(path)  # written whole before the interrupt was raised
+    assert state is not None and state["epoch"] == 3 and torch.equal(state["a"],
+                                                                      torch.arange(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial.pt"]
 
 
 @pytest.mark.slow
