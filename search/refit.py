@@ -90,6 +90,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
                          "--per-family")
     quiet_libraries()
     stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
+    stores_module.check_tracking_store(stores.tracking_uri)  # not minutes of retries
     spec = studies.find(study, storage=stores.storage, name=name)
     if spec.simulated:
         raise UsageError(f"study {spec.name!r} simulates its training: it has no model to refit "

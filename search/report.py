@@ -33,7 +33,7 @@ from search.importances import global_params, param_importances
 from search.optuna_storage import open_storage
 from search.plots import draw_family_plots
 from search.settings import stored_objectives
-from search.stores import Stores, resolve
+from search.stores import Stores, check_tracking_store, resolve
 from search.study import OBJECTIVES
 from search.urls import mask_text, mask_url, scheme, sqlite_file
 from search.verdict import family_trials, verdict
@@ -301,7 +301,10 @@ def log_report(study: optuna.Study, folder: Path, stores: Stores) -> str:
     try:
         from search.tracking.tracker import log_folder  # here: importing MLflow takes seconds
 
+        check_tracking_store(stores.tracking_uri)  # a store that does not answer: said at once
         log_folder(stores.client_uri, parent, folder, "report")
+    except UsageError as e:
+        return f"warning: report not logged to MLflow: {e}"
     except Exception as e:  # any store or server error, as one line
         reason = mask_text(first_line(e), stores.tracking_uri)
         return (f"warning: report not logged to MLflow run {parent} in "

@@ -62,10 +62,11 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
     from search import studies
     from search.report import load, pick_target
     from search.runtime import quiet_libraries
-    from search.stores import resolve
+    from search.stores import check_tracking_store, resolve
 
     quiet_libraries()
     stores = resolve(storage=storage, tracking_uri=tracking_uri)
+    check_tracking_store(stores.tracking_uri)  # refused at once, not after minutes of retries
     try:  # --study names a search space (and --name the study), or the Optuna study itself
         spec: spaces.Study | None = studies.find(study, storage=stores.storage, name=name)
     except UsageError as e:

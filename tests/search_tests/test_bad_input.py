@@ -73,6 +73,18 @@ def test_unreachable_tracking_server_is_refused_at_once(
     assert not (workdir / "mlruns" / "optuna.journal").exists()
 
 
+@pytest.mark.parametrize("command", ["search.sync", "search.refit"])
+def test_other_commands_refuse_an_unreachable_tracking_store(
+        command: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module(command)
+    url = "postgresql://tracker:s3cret-pw@127.0.0.1:9/mlflow"
+    assert module.main(["--study", "digits", "--tracking-uri", url]) == 2
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err, prog=command)
+    assert "cannot open tracking store 'postgresql://tracker:***@127.0.0.1:9/mlflow'" in line
+    assert "s3cret-pw" not in captured.err + captured.out
+
+
 def test_mlruns_that_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)

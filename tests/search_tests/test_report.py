@@ -218,6 +218,12 @@ def test_too_few_trials_skip_with_one_line_each(workdir: Path,
     assert "note: param_importances plot skipped: needs at least 2 completed trials" in \
         captured.out
     assert f"warning: report not logged to MLflow run {'0' * 32}" in captured.out
+    # A tracking server that does not answer: said at once, and the files are still written.
+    assert report.main(["--study", "digits", "--name", "few", "--tracking-uri",
+                        "http://127.0.0.1:9"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: report not logged to MLflow: cannot reach tracking server " \
+        "'http://127.0.0.1:9'" in captured.out
     folder = workdir / "mlruns" / "reports" / "few"
     assert not (folder / "importances.csv").exists()
     assert_plots(folder, ("optimization_history", "learning_curves", "families", "slice"))
