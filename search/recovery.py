@@ -11,6 +11,7 @@ intermediate values.
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import warnings
@@ -51,7 +52,13 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> int | None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY,
                                                     inherit_intermediate_values=True)
-    callback(study, trial)
+    # The retry does not name the lost trial's worker. Between a worker taking the retry
+    # (RUNNING) and recording itself (claim_at_birth), another process starting on this host
+    # (`fail_lost_trials` with `local_worker_dead`) would find a RUNNING trial of a dead worker
+    # and fail it as lost: a resumed search lost a retry that way.
+    unowned = copy.copy(trial)
+    unowned.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != WORKER}
+    callback(study, unowned)
     for queued in reversed(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
         if queued.system_attrs.get("retry_history", [])[-1:] == [trial.number]:
             return queued.number

@@ -30,6 +30,23 @@ def _running(study: optuna.Study, worker: str, epochs: int = 2) -> optuna.Trial:
     return trial
 
 
+def test_a_retry_taken_but_not_yet_claimed_is_not_lost(study: optuna.Study,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(recovery.NODE_ENV, "node-a")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = f"node-a:{ended.stdout.strip()}"
+    lost = _running(study, dead)
+    assert recovery.fail_lost_trials(study, lost=recovery.local_worker_dead) == [lost.number]
+    # A worker takes the retry: RUNNING, its own id not yet recorded (claim_at_birth does
+    # that next). A search starting on this host at that moment must leave it alone.
+    taken = study.ask()
+    assert recovery.retry_of(study.trials[taken.number]) == lost.number
+    assert recovery.WORKER not in study.trials[taken.number].user_attrs
+    assert recovery.fail_lost_trials(study, lost=recovery.local_worker_dead) == []
+    assert study.trials[taken.number].state == TrialState.RUNNING
+
+
 def test_a_worker_of_this_host_whose_process_ended_is_dead(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     monkeypatch.setenv(recovery.NODE_ENV, "node-a")
