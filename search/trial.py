@@ -286,11 +286,21 @@ class TrialRunner:
             release_memory()
             recovery.retry(trial.study, recovery.frozen(trial))
 
-    def _is_best(self, trial: optuna.Trial, value: float) -> bool:
+    @staticmethod
+    def _is_best(trial: optuna.Trial, value: float) -> bool:
         """Whether `value` (the first objective) beats every completed trial's."""
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if not done:
-            return True
-        maximize = trial.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        best = (max if maximize else min)(t.values[0] for t in done)
+        study = trial.study
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        if len(study.directions) == 1:
+            # One query on a database (Optuna's RDB storage orders by value), not a read of
+            # every trial as below.
+            try:
+                best = study.best_value
+            except ValueError:  # no completed trial yet
+                return True
+        else:
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not done:
+                return True
+            best = (max if maximize else min)(t.values[0] for t in done)
         return value > best if maximize else value < best

@@ -25,3 +25,17 @@ def test_of_trials_started_at_once_for_the_last_place_only_the_first_keeps_it() 
     # Had the first one failed before the second looked, the second would keep the place.
     study.tell(first, state=TrialState.FAIL)
     assert not over_budget(study, second.number, 4)
+
+
+def test_a_trial_numbered_below_the_budget_is_within_it_without_reading_the_study() -> None:
+    # Fewer than `budget` trials were created before it, whatever their states: on a database
+    # the look at every trial (a query per trial started) is saved.
+    class Unread:
+        def get_trials(self, **_: object) -> list[object]:
+            raise AssertionError("the study was read")
+
+    assert not over_budget(Unread(), 3, 4)  # type: ignore[arg-type]
+    study = optuna.create_study()
+    for _ in range(4):
+        study.tell(study.ask(), 0.5)
+    assert over_budget(study, study.ask().number, 4)

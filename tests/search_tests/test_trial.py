@@ -75,6 +75,25 @@ def the_run(client: MlflowClient, trial: optuna.trial.FrozenTrial):
     return run
 
 
+@pytest.mark.parametrize("storage", ["journal", "rdb"])
+@pytest.mark.parametrize("directions", [["maximize"], ["minimize"], ["maximize", "minimize"]])
+def test_best_so_far_compares_with_the_completed_trials(
+        tmp_path: Path, storage: str, directions: list[str]) -> None:
+    url = (optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "j.log"))) if storage == "journal" else f"sqlite:///{tmp_path / 'db'}")
+    study = optuna.create_study(storage=url, directions=directions)
+    sign = 1 if directions[0] == "maximize" else -1
+    first = study.ask()
+    assert TrialRunner._is_best(first, 0.0)  # nothing completed yet
+    values = [0.5 * sign, 0.1][:len(directions)]
+    study.tell(first, values if len(values) > 1 else values[0])
+    study.tell(study.ask(), state=TrialState.FAIL)
+    trial = study.ask()
+    assert TrialRunner._is_best(trial, 0.7 * sign)
+    assert not TrialRunner._is_best(trial, 0.5 * sign)  # a tie is not better
+    assert not TrialRunner._is_best(trial, 0.2 * sign)
+
+
 def test_pruned_trial_records_its_epoch(tmp_path: Path) -> None:
     runner, tracker, client = make_runner(tmp_path)
     # Accuracy is never above 2: every trial is pruned at its first report.
