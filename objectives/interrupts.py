@@ -1,9 +1,12 @@
-"""Ctrl-C and SIGTERM held off a block that must not be cut half-way (plain Python).
+"""Interrupts that are not lost (plain Python).
 
-A KeyboardInterrupt raised inside a C++ callback is not always a KeyboardInterrupt when it comes
-out: one landing in `torch.save`'s write to a file came out as `RuntimeError: ... unexpected
-pos`, so the trial failed as an error, no retry was queued, and the worker went on as if never
-stopped. Blocks like that run with interrupts held, and the interrupt is raised after them.
+Python can lose the KeyboardInterrupt a signal handler raises. One landing in `torch.save`'s
+write to a file came out of torch as `RuntimeError: ... unexpected pos`, so the trial failed as
+an error and no retry was queued. One landing in an at-fork hook (logging's, as a worker forked
+its MLflow writer) was printed as "Exception ignored" and dropped. Either way the worker went on
+as if its launcher had never stopped it. So a block that must not be cut half-way runs with
+interrupts held (`interrupts_held`), and a stop asked of the process stays asked
+(`request_stop`): `check_stop` raises it again between trials and epochs.
 """
 
 from __future__ import annotations
@@ -14,9 +17,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["INTERRUPTS", "interrupts_held"]
+__all__ = ["INTERRUPTS", "check_stop", "clear_stop", "interrupts_held", "request_stop"]
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+_stop_asked = False  # a plain flag: a signal handler must not wait on a lock
+
+
+def request_stop() -> None:
+    """Note that this process was told to stop (its SIGTERM handler calls this)."""
+    global _stop_asked
+    _stop_asked = True
+
+
+def clear_stop() -> None:
+    """Forget an earlier stop (a search starting in a process that ran one before)."""
+    global _stop_asked
+    _stop_asked = False
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if this process was told to stop: again, if the first was lost."""
+    if _stop_asked:
+        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -176,10 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (a preempted job, a launcher stopping its workers) acts as Ctrl-C does: the
-    running trial is interrupted, checkpointed and queued for retry, its runs are ended."""
+    running trial is interrupted, checkpointed and queued for retry, its runs are ended. The
+    stop stays asked: if Python loses the KeyboardInterrupt, the search raises it again before
+    the next epoch or trial (objectives.interrupts)."""
+    from objectives.interrupts import clear_stop, request_stop
+
     def handler(signum: int, frame: object) -> None:
+        request_stop()
         raise KeyboardInterrupt
 
+    clear_stop()
     signal.signal(signal.SIGTERM, handler)
 
 

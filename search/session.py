@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 import spaces
 from objectives.data import Task
+from objectives.interrupts import check_stop
 from search import balance as balance_module
 from search import grid as grid_module
 from search import narrowing as narrowing_module
@@ -125,9 +126,12 @@ class Search:
             return runner(trial)
 
         try:
+            check_stop()  # a SIGTERM lost while the search was starting
             self.study.optimize(
                 objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-                callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget)],
+                # check_stop: no trial starts after a SIGTERM whose KeyboardInterrupt was lost
+                callbacks=[*callbacks, failures, self._stop_untracked, Budget(self.budget),
+                           lambda _study, _trial: check_stop()],
                 # A failed or pruned trial's memory is freed by the runner itself (see
                 # objectives.failures.free_after): a full collection per trial is not needed.
                 gc_after_trial=False,

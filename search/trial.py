@@ -17,6 +17,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from objectives.failures import cuda_broken, free_after, out_of_memory, release_memory
+from objectives.interrupts import check_stop
 from objectives.losses import LOSS_PARAMS
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
@@ -190,6 +191,7 @@ class TrialRunner:
                     trial.report(metrics[metric], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            check_stop()  # a SIGTERM whose KeyboardInterrupt Python lost
 
         keep = False
         try:

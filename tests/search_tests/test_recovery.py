@@ -173,3 +173,27 @@ def test_interrupts_held_are_delivered_once_the_block_ends() -> None:
         stop.set()
         other.join()
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sigterm_to_a_search_stays_asked_until_the_next_search() -> None:
+    import os
+    import signal
+
+    from objectives.interrupts import check_stop, clear_stop
+    from search.run import _interrupt_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        _interrupt_on_sigterm()
+        check_stop()  # nothing asked yet
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode
+        for _ in range(2):  # as often as it is checked
+            with pytest.raises(KeyboardInterrupt):
+                check_stop()
+        _interrupt_on_sigterm()  # the next search in this process starts afresh
+        check_stop()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        clear_stop()

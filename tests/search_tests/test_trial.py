@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from objectives.config import TrialConfig
 from objectives.data import ImageData, Split, Task
+from objectives.interrupts import clear_stop, request_stop
 from objectives.models import StagedNet, new_head, small_cnn
 from search.tracking import Tracker
 from search.trial import TrialRunner
@@ -92,6 +93,26 @@ def test_best_so_far_compares_with_the_completed_trials(
     assert TrialRunner._is_best(trial, 0.7 * sign)
     assert not TrialRunner._is_best(trial, 0.5 * sign)  # a tie is not better
     assert not TrialRunner._is_best(trial, 0.2 * sign)
+
+
+def test_a_stop_whose_interrupt_was_lost_interrupts_the_trial_at_its_next_epoch(
+        tmp_path: Path) -> None:
+    # SIGTERM came and its KeyboardInterrupt was lost (raised in a C++ callback or an at-fork
+    # hook): the stop stays asked, and the trial ends as interrupted would, retry queued.
+    runner, tracker, client = make_runner(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    request_stop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(runner, n_trials=2)
+    finally:
+        clear_stop()
+    tracker.close()
+    trial, retry = study.trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert list(trial.intermediate_values) == [1]  # stopped after its first epoch
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
+    assert the_run(client, trial).info.status == "KILLED"
 
 
 def test_pruned_trial_records_its_epoch(tmp_path: Path) -> None:
