@@ -138,7 +138,10 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
     respawns = 3 * len(workers)
     next_stale_check = 0.0
 
+    asked: list[int] = []
+
     def on_signal(signum: int, _frame: object) -> None:
+        asked.append(signum)
         raise Stop(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -147,6 +150,8 @@ def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
             worker.start(argv)
         while any(w.process is not None and w.process.poll() is None for w in workers):
             time.sleep(POLL_SECONDS)
+            if asked:  # raised where it was lost: a Stop is an Exception, which code may catch
+                raise Stop(asked[0])
             for worker in workers:
                 assert worker.process is not None
                 code = worker.process.poll()

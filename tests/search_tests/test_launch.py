@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -161,6 +163,36 @@ def test_a_worker_whose_gpu_failed_is_replaced(
     assert warnings == ["worker 0 stopped: search.run: error: CUDA error, the worker's CUDA "
                         "context is broken: an illegal memory access"]
     assert outcome.bad_input == [] and outcome.stopped is None
+
+
+def test_a_sigterm_whose_stop_was_caught_on_the_way_still_stops_the_launcher(
+    digits_search: Search, workdir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The launcher's Stop is an Exception: code that catches every Exception (a display, a
+    storage call) swallows it where the signal lands; the launcher stops all the same."""
+    def start(worker: Worker, argv: Sequence[str]) -> None:
+        worker.log.parent.mkdir(parents=True, exist_ok=True)
+        code = ("import signal, sys, time; "
+                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); time.sleep(60)")
+        with open(worker.log, "ab") as log:
+            worker.process = subprocess.Popen([sys.executable, "-c", code], stdout=log,
+                                              stderr=subprocess.STDOUT)
+
+    def show_and_swallow(*_: object) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here, and this look swallows it
+        except Exception:
+            pass
+
+    monkeypatch.setattr(Worker, "start", start)
+    monkeypatch.setattr("search.launch._show_new", show_and_swallow)
+    display = ProgressDisplay(Console(file=io.StringIO()), budget=2, finished=0, metric="m")
+    started = time.monotonic()
+    outcome = launch(digits_search, [], plan_workers(workers=1, gpus=None, trials_per_gpu=1),
+                     display, log_dir=workdir / "logs")
+    assert outcome.stopped == signal.SIGTERM
+    assert time.monotonic() - started < 30  # not the worker's 60 s
 
 
 def test_a_worker_that_lost_its_tracking_is_not_replaced(
