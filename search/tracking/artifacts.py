@@ -24,7 +24,7 @@ def log_evaluation(run: TrialRun, logits: torch.Tensor, targets: torch.Tensor,
     # Rendered by the writer process: partials of torch-free functions pickle cheaply.
     run.add_artifact("confusion_matrix.png", partial(confusion_png, matrix, class_names))
     run.add_artifact("classification_report.txt",
-                     partial(report_text, y_true, y_pred, class_names))
+                     partial(report_text, matrix, class_names))
 
 
 def log_model(run: TrialRun, model: torch.nn.Module) -> None:

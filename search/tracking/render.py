@@ -5,11 +5,19 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
+
+# The confusion matrix and the classification report are computed here from counts, not with
+# scikit-learn's confusion_matrix and classification_report: those validate and re-encode
+# their inputs on every call (1.5 ms and 11 ms a trial on digits), and the report's numbers all
+# follow from the matrix. The output is scikit-learn's, character for character (the tests
+# compare).
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    """Counts (num_classes, num_classes): rows the true class, columns the predicted."""
+    flat = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes,
+                                                                          num_classes)
 
 
 def confusion_csv(matrix: np.ndarray, class_names: tuple[str, ...]) -> str:
@@ -19,20 +27,42 @@ def confusion_csv(matrix: np.ndarray, class_names: tuple[str, ...]) -> str:
     return "\n".join([header, *rows]) + "\n"
 
 
-def report_text(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> str:
-    return str(
-        classification_report(
-            y_true, y_pred, labels=np.arange(len(class_names)), target_names=list(class_names),
-            digits=4, zero_division=0,
-        )
-    )
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (zero_division=0)."""
+    out = np.zeros(np.shape(numerator), dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=np.asarray(denominator) > 0)
+    return out
+
+
+def report_text(matrix: np.ndarray, class_names: tuple[str, ...], digits: int = 4) -> str:
+    """Precision, recall, F1 and support per class, then accuracy and the macro and weighted
+    averages, from a confusion matrix: `classification_report(..., zero_division=0)`'s text."""
+    tp = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    scores = np.stack([_ratio(tp, predicted), _ratio(tp, support),
+                       _ratio(2 * tp, predicted + support)])  # precision, recall, F1
+    total = int(support.sum())
+    width = max(len("weighted avg"), digits, *(len(c) for c in class_names))
+    row = "{:>{w}s} " + " {:>9.{d}f}" * 3 + " {:>9}"
+    lines = [("{:>{w}s} " + " {:>9}" * 4).format(
+        "", "precision", "recall", "f1-score", "support", w=width), ""]
+    lines += [row.format(name, *scores[:, i], int(support[i]), w=width, d=digits)
+              for i, name in enumerate(class_names)]
+    lines += ["", ("{:>{w}s} " + " {:>9}" * 2 + " {:>9.{d}f} {:>9}").format(
+        "accuracy", "", "", tp.sum() / total if total else 0.0, total, w=width, d=digits)]
+    weights = support / total if total else np.zeros(len(support))
+    lines.append(row.format("macro avg", *scores.mean(axis=1), total, w=width, d=digits))
+    lines.append(row.format("weighted avg", *(scores @ weights), total, w=width, d=digits))
+    return "\n".join(lines) + "\n"
 
 
 def confusion_png(matrix: np.ndarray, class_names: tuple[str, ...]) -> bytes:
     """The confusion matrix as a PNG heat map with counts: rows true, columns predicted.
 
     Drawn with Pillow rather than matplotlib: a matplotlib figure costs about 175 ms of CPU per
-    trial here, which on a 2-core machine is most of the search's overhead; this costs ~2 ms.
+    trial here, which on a 2-core machine is most of the search's overhead; this costs about
+    14 ms (10 classes, 2026-12-01).
     """
     from PIL import Image, ImageDraw, ImageFont
 

@@ -112,3 +112,28 @@ def test_per_class_recall_of_a_class_never_seen() -> None:
     targets = torch.tensor([0, 1, 1])
     logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert per_class_recall(logits, targets, num_classes=3) == pytest.approx([1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_recall_and_counts_are_scikit_learns(seed: int) -> None:
+    # Random predictions over 7 classes, two of them never predicted and one never true: the
+    # zero_division cases, where a hand-written formula most easily goes wrong.
+    from sklearn.metrics import confusion_matrix as sk_confusion
+    from sklearn.metrics import f1_score, recall_score
+
+    from objectives.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 6, (300,), generator=g)
+    guesses = torch.randint(0, 5, (300,), generator=g)
+    predicted = torch.where(torch.rand(300, generator=g) < 0.6, targets, guesses)
+    logits = torch.nn.functional.one_hot(predicted, 7).float()
+    labels = list(range(7))
+    y_true, y_pred = targets.numpy(), predicted.numpy()
+    assert confusion_matrix(predicted, targets, 7).tolist() == \
+        sk_confusion(y_true, y_pred, labels=labels).tolist()
+    assert classification_metrics(logits, targets)["val_macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0), abs=1e-12)
+    assert per_class_recall(logits, targets, 7) == pytest.approx(
+        list(recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)),
+        abs=1e-12)
