@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from search.tracking.writer import Writer, create_run
+from search.tracking.writer import Writer, create_run, log_artifacts
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -303,7 +303,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, artifacts: dict[str, Artif
                 target.write_text(data)
             else:
                 target.write_bytes(data)
-        client.log_artifacts(run_id, tmp)
+        log_artifacts(client, run_id, tmp)
 
 
 def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
