@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.pruners import BasePruner, MedianPruner
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import UsageError
@@ -155,10 +155,33 @@ def for_study(spec: spaces.Study, settings: Any, narrowing: Narrowing,
     return Balance(param, tuple(distribution.choices))
 
 
+class FamilyHyperband(FamilyPruner, HyperbandPruner):
+    """A FamilyPruner around Hyperband, which Optuna still sees as Hyperband.
+
+    Optuna gives a sampler one Hyperband bracket's trials (their budgets are alike) only when
+    `isinstance(study.pruner, HyperbandPruner)`, and asks that pruner for the bracket through
+    two methods; a plain wrapper left the samplers of a balanced study reading every bracket.
+    The brackets are `across`'s: HyperbandPruner's own state is never set up here.
+    """
+
+    def __init__(self, across: HyperbandPruner, param: str, *, startup: int = 2,
+                 warmup: int = 1) -> None:
+        FamilyPruner.__init__(self, across, param, startup=startup, warmup=warmup)
+        self.hyperband = across
+
+    def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        return self.hyperband._get_bracket_id(study, trial)
+
+    def _create_bracket_study(self, study: optuna.Study, bracket_id: int) -> optuna.Study:
+        return self.hyperband._create_bracket_study(study, bracket_id)
+
+
 def pruner(across: BasePruner, balance: Balance | None, *, epochs: int) -> BasePruner:
     """The study's pruner, judged within families too when the study is balanced."""
     if balance is None or isinstance(across, optuna.pruners.NopPruner):
         return across
+    if isinstance(across, HyperbandPruner):
+        return FamilyHyperband(across, balance.param, warmup=max(1, epochs // 5))
     return FamilyPruner(across, balance.param, warmup=max(1, epochs // 5))
 
 

@@ -101,6 +101,35 @@ def test_a_trial_is_pruned_only_when_weak_across_and_within_its_family() -> None
     assert not pruner.prune(study, _running(study, "cross_entropy", [0.85, 0.92]))
 
 
+def test_the_samplers_of_a_balanced_hyperband_study_still_see_one_bracket() -> None:
+    from search.rungs import GatedHyperband
+
+    across = GatedHyperband(min_resource=1, max_resource=9, reduction_factor=3)
+    pruner = balance.pruner(across, LOSSES, epochs=9)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)  # as Optuna's samplers check
+    study = optuna.create_study(direction="maximize", pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("loss", LOSSES.families)
+        x = trial.suggest_float("x", 0, 1)
+        for epoch in range(1, 10):
+            trial.report(x * epoch, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x * 9
+
+    study.optimize(objective, n_trials=24)
+    trials = study.get_trials(deepcopy=False)
+    brackets = {t.number: across._get_bracket_id(study, t) for t in trials}
+    assert len(set(brackets.values())) > 1
+    for trial in trials:
+        seen = optuna.pruners._filter_study(study, trial).get_trials(deepcopy=False)
+        assert {t.number for t in seen} == {
+            n for n, b in brackets.items() if b == brackets[trial.number]}
+    assert any(t.state == TrialState.PRUNED for t in trials)
+
+
 @pytest.mark.slow
 def test_a_balanced_digits_search_gives_every_family_the_same_trials(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
