@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); default: all (gpu only "
                              "when a GPU is visible)")
-    parser.add_argument("--trials", type=int, default=12, help="trials per overhead round")
-    parser.add_argument("--rounds", type=int, default=3, help="overhead rounds")
+    parser.add_argument("--trials", type=positive_int, default=12,
+                        help="trials per overhead round")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="overhead rounds")
     parser.add_argument("--seeds", type=seed_list, default=None, metavar="N|S,S,...",
                         help="seeds of the pruning and quality comparisons: a count N (seeds "
                              "0..N-1) or a list such as 0,1,2 (default: quality 3; pruning 20 "

@@ -9,6 +9,7 @@ import pytest
 
 from search.bench.suite import main as bench_main
 from search.bench.suite import median_interval
+from tests.support import one_error_line
 
 
 def test_the_interval_holds_the_median_and_narrows_with_more_pairs() -> None:
@@ -28,6 +29,15 @@ def test_an_interval_of_identical_pairs_is_that_value() -> None:
     assert median_interval([0.02] * 9) == pytest.approx((0.02, 0.02))
     with pytest.raises(ValueError, match="no values"):
         median_interval([])
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--trials"])
+def test_no_pairs_to_measure_is_one_line(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--only", "overhead", flag, "0"])
+    assert exited.value.code == 2
+    assert f"{flag}: must be a positive integer" in one_error_line(capsys.readouterr().err,
+                                                                    "search.bench")
 
 
 @pytest.mark.slow
