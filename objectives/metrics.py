@@ -6,8 +6,8 @@ import torch
 
 # Macro-F1 and recall are computed here from a confusion matrix (one bincount), not with
 # scikit-learn's f1_score and recall_score: those validate and re-encode their inputs on every
-# call, 7-9 ms each on 360 digits samples, which was a tenth of a digits epoch spent on one
-# number. The results are the same as scikit-learn's with zero_division=0 (the tests compare).
+# call: 2.2 ms an epoch on digits' 360 validation samples (now 0.22 ms, on the data's device).
+# The results are the same as scikit-learn's with zero_division=0 (the tests compare).
 
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from search.tracking.render import confusion, confusion_csv, confusion_png, report_text
+from objectives.metrics import confusion_matrix
+from search.tracking.render import confusion_csv, confusion_png, report_text
 
 if TYPE_CHECKING:
     from search.tracking.tracker import TrialRun
@@ -17,9 +18,7 @@ if TYPE_CHECKING:
 def log_evaluation(run: TrialRun, logits: torch.Tensor, targets: torch.Tensor,
                    class_names: tuple[str, ...]) -> None:
     """Stage the confusion matrix and the classification report of the final validation pass."""
-    y_true = targets.numpy()
-    y_pred = logits.argmax(dim=1).numpy()
-    matrix = confusion(y_true, y_pred, len(class_names))
+    matrix = confusion_matrix(logits.argmax(dim=1), targets, len(class_names)).cpu().numpy()
     run.add_artifact("confusion_matrix.csv", confusion_csv(matrix, class_names))
     # Rendered by the writer process: partials of torch-free functions pickle cheaply.
     run.add_artifact("confusion_matrix.png", partial(confusion_png, matrix, class_names))
