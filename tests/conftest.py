@@ -25,6 +25,20 @@ for variable in ("no_proxy", "NO_PROXY"):
     os.environ[variable] = "localhost,127.0.0.1,::1"
 
 
+@pytest.fixture
+def ctrl_c_raises() -> object:
+    """In this test SIGINT raises KeyboardInterrupt, as in a terminal; the handler that was there
+    is put back after it.
+
+    A shell starts a background job (`nohup python -m pytest &`) with SIGINT ignored, and Python
+    then leaves it ignored instead of installing its own handler: a test that sends itself
+    SIGINT installs the handler it relies on.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     """A safety net: no child process a failed test left behind may hold the run open at exit.
 

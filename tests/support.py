@@ -72,3 +72,17 @@ class Untouchable:
 def with_test(task: Task, test: Any) -> Task:
     """`task` with its test split replaced (by an Untouchable, or the real one back)."""
     return dataclasses.replace(task, data=dataclasses.replace(task.data, test=test))
+
+
+def dynamo_config(**options: Any) -> Any:
+    """A context in which Dynamo's config holds `options`, and after which it holds what it had.
+
+    Not `monkeypatch.setattr(torch._dynamo.config, ...)`: torch's config modules serve their
+    entries through `__getattr__`, and pytest 9 undoes a setattr on a module by restoring its
+    `__dict__`, which deletes the entry; every later `torch.compile` in the process then fails
+    with "recompile_limit does not exist". torch's own `config.patch` puts the value back.
+    """
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(**options)
+

@@ -29,6 +29,15 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert 'bash -c "$TEST_COMMAND"' in ci
 
 
+def test_ci_runs_the_test_command_in_a_new_virtual_environment() -> None:
+    """Every CI run installs as a newcomer does: a venv made for it, activated before the
+    README's command, so no package already on the machine stands in for what it installs."""
+    ci = (REPO / ".ci" / "run").read_text()
+    made = ci.index('python3 -m venv "$VENV_DIR/venv"')
+    activated = ci.index('source "$VENV_DIR/venv/bin/activate"')
+    assert 'mktemp -d' in ci and made < activated < ci.index('bash -c "$TEST_COMMAND"')
+
+
 def test_the_test_command_installs_what_the_tests_need() -> None:
     command = _readme_command("# 2.")
     assert "bash tests/install-services.sh" in command

@@ -14,7 +14,13 @@ from objectives.models import StagedNet
 from objectives.optim import OPTIMIZERS
 from objectives.penalties import PENALTIES
 from objectives.train import DivergedError, FineTuneResult, fine_tune
-from tests.support import NUM_CLASSES, quadrants_model, quadrants_task, train_config
+from tests.support import (
+    NUM_CLASSES,
+    dynamo_config,
+    quadrants_model,
+    quadrants_task,
+    train_config,
+)
 
 BASE_KEYS = {
     "train_loss", "val_accuracy", "val_cross_entropy", "val_macro_f1", "val_ece", "lr",
@@ -300,18 +306,16 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
 
 @pytest.mark.slow
 def test_compiled_runs_stay_compiled_across_configurations(
-    task: Task, counting: CountingBackend, monkeypatch: pytest.MonkeyPatch,
+    task: Task, counting: CountingBackend,
 ) -> None:
     """One worker runs trial after trial: each new batch size, freeze depth and mode is a
     graph, and Dynamo's recompile limit (here 2) must not make later trials run eagerly."""
-    import torch._dynamo
-
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     n_train, n_val = len(task.data.train), len(task.data.val)
     for batch_size, depth in ((32, 0), (48, 1), (16, 0), (32, 2)):
         calls = counting.calls
-        result = fine_tune(train_config(epochs=2, batch_size=batch_size, freeze_depth=depth), task,
-                           compile=True)
+        with dynamo_config(recompile_limit=2):
+            result = fine_tune(train_config(epochs=2, batch_size=batch_size,
+                                            freeze_depth=depth), task, compile=True)
         assert result.compiled == "compiled"
         assert [h["compiled"] for h in result.history] == [1.0, 1.0]
         # Every forward ran through a compiled graph: the whole training batches (the short
@@ -323,13 +327,11 @@ def test_compiled_runs_stay_compiled_across_configurations(
 
 
 def test_a_run_that_cannot_stay_compiled_says_so(
-    task: Task, counting: CountingBackend, monkeypatch: pytest.MonkeyPatch,
+    task: Task, counting: CountingBackend,
 ) -> None:
-    import torch._dynamo
-
     # One graph allowed, two needed (train and eval): even after a reset it cannot fit.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    with pytest.warns(RuntimeWarning, match="torch.compile fallback"):
+    with dynamo_config(recompile_limit=1), pytest.warns(RuntimeWarning,
+                                                         match="torch.compile fallback"):
         result = fine_tune(train_config(epochs=2, batch_size=48), task, compile=True)
     assert result.compiled is not None and result.compiled.startswith("fallback: ")
     assert result.history[-1]["compiled"] == 0.0

@@ -104,6 +104,7 @@ def test_every_retry_shares_the_first_trial_s_checkpoint(study: optuna.Study,
     assert path == tmp_path / "s" / f"trial-{first.number}.pt"
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
         study: optuna.Study) -> None:
     import os
@@ -146,6 +147,7 @@ def test_a_trial_is_its_worker_s_from_birth_even_if_an_interrupt_lands_in_ask(
     assert recovery.fail_own_trials(study) == []  # others' trials, and finished ones, stay
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_interrupts_held_are_delivered_once_the_block_ends() -> None:
     import os
     import signal
