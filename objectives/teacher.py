@@ -1,4 +1,5 @@
-"""A teacher for the `distill` loss from a local state dict (MLflow models: see search.teacher).
+"""A teacher for the `distill` loss from a local state dict (MLflow models: see
+search.study.teacher).
 
 The teacher is wrapped as an `ImageClassifier`: uint8 images in, logits out, with its own
 normalization and resolution inside, which is the contract `fine_tune` expects of a teacher.

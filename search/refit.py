@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from search.cli import Parser, invoke, positive_int, store_parser, teacher_parser
-from search.errors import UsageError
+from search.core.cli import Parser, invoke, positive_int, store_parser, teacher_parser
+from search.core.errors import UsageError
 
 PROG = "search.refit"
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status, result = invoke(PROG, build_parser(), argv, refit)
     if result is None:  # --help, or an error already told
         return status
-    if "families" in result:  # --per-family: search.family_refit printed its table
+    if "families" in result:  # --per-family: search.review.family_refit printed its table
         return 0
     width = max(len(k) for k in result["metrics"])
     print(f"refit of trial {result['trial']} -> MLflow run {result['run_id']}")
@@ -74,12 +74,12 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
           seeds: int | None = None) -> dict[str, Any]:
     import optuna
 
-    from search import stores as stores_module
-    from search import studies
-    from search.optuna_storage import open_storage
-    from search.runtime import load_task, pick_device, quiet_libraries
-    from search.settings import StudySettings
-    from search.urls import mask_url
+    from search.core.runtime import load_task, pick_device, quiet_libraries
+    from search.core.urls import mask_url
+    from search.storage import stores as stores_module
+    from search.storage.optuna_storage import open_storage
+    from search.study import lookup as studies
+    from search.study.settings import StudySettings
 
     if per_family is not None and trial is not None:
         raise UsageError("--per-family refits each family's best trial: leave --trial out")
@@ -110,7 +110,7 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
                                  weights=weights)
     device = pick_device(device)
     if per_family is not None:
-        from search import family_refit
+        from search.review import family_refit
 
         by = per_family if isinstance(per_family, str) else found.user_attrs.get("balance")
         plan = family_refit.plan(found, spec, by=by or "loss", seeds=seeds or 3)
@@ -144,7 +144,7 @@ def config_of(spec: Any, trial: Any, settings: Any) -> Any:
 def _teacher(teacher: str | None, arch: str | None, chosen: Any, task: Any, stores: Any,
              settings: Any) -> Any:
     """The study's teacher (or the one given), for a trial that distils."""
-    from search import teacher as teacher_module
+    from search.study import teacher as teacher_module
 
     if not teacher or "***" in teacher:
         raise UsageError(f"trial {chosen.number} distils from a teacher: give --teacher "
@@ -160,7 +160,7 @@ def _pick(study: Any, number: int | None) -> Any:
     if number is None:
         if not complete:
             raise UsageError(f"study {study.study_name!r} has no completed trial to refit")
-        from search.display import best_trial
+        from search.study.display import best_trial
 
         return best_trial(study)
     chosen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
@@ -223,7 +223,7 @@ def refit_task(task: Any, device: str) -> Any:
 def _device_failed(error: RuntimeError) -> None:
     """A sticky CUDA error is one line (and exit status 3), as in search.run."""
     from objectives.failures import cuda_broken
-    from search.errors import DeviceFailed
+    from search.core.errors import DeviceFailed
 
     broken = cuda_broken(error)
     if broken is not None:
@@ -235,7 +235,7 @@ def _device_failed(error: RuntimeError) -> None:
 def _run_tags(study: Any, chosen: Any, device: str) -> dict[str, str]:
     """The refit run's MLflow tags: its trial, study and parent run, and the device (with the
     GPU's name on CUDA) and library versions, as a trial's run has them."""
-    from search.runtime import device_tags
+    from search.core.runtime import device_tags
     from search.tracking import versions
 
     tags = {"search.role": "refit", "search.refit_of_trial": str(chosen.number),

@@ -3,7 +3,7 @@
 Read-only on the Optuna storage, so it can run while a search is still going. The files go to
 --out (default mlruns/reports/NAME/) and are logged under report/ in the study's MLflow run.
 `--export-best K FILE.json` also writes the K best configurations, to warm-start another study
-(search.warmstart).
+(search.study.warmstart).
 Exit status: 0 on success, 2 for bad input, 130 when interrupted.
 """
 
@@ -25,18 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from search import warmstart
-from search.cli import Parser, invoke, positive_int, store_parser
-from search.display import describe_params, key_columns, leaderboard, state_summary
-from search.errors import UsageError, first_line
-from search.importances import global_params, param_importances
-from search.optuna_storage import open_storage
-from search.plots import draw_family_plots
-from search.settings import stored_objectives
-from search.stores import Stores, check_tracking_store, resolve
-from search.study import OBJECTIVES
-from search.urls import mask_text, mask_url, scheme, sqlite_file
-from search.verdict import family_trials, verdict
+from search.core.cli import Parser, invoke, positive_int, store_parser
+from search.core.errors import UsageError, first_line
+from search.core.urls import mask_text, mask_url, scheme, sqlite_file
+from search.review.importances import global_params, param_importances
+from search.review.plots import draw_family_plots
+from search.review.verdict import family_trials, verdict
+from search.storage.optuna_storage import open_storage
+from search.storage.stores import Stores, check_tracking_store, resolve
+from search.study import warmstart
+from search.study.display import describe_params, key_columns, leaderboard, state_summary
+from search.study.optuna_study import OBJECTIVES
+from search.study.settings import stored_objectives
 
 PROG = "search.report"
 PLOTS = ("optimization_history", "learning_curves", "families", "pareto_front",
@@ -104,8 +104,8 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
     `export_best` (K, FILE): the K best configurations written to FILE, first, so that a path
     that cannot be written stops the report before it starts.
     """
-    from search import studies
-    from search.runtime import quiet_libraries
+    from search.core.runtime import quiet_libraries
+    from search.study import lookup as studies
 
     quiet_libraries()
     stores = resolve(storage=storage, tracking_uri=tracking_uri)
@@ -221,7 +221,8 @@ def importances_table(study: optuna.Study, target: Target,
     """Parameter importances (None before 2 completed trials), written to `path`; and notes.
 
     The ranking covers the parameters every trial has; one that exists under one choice only
-    (focal_gamma) is ranked among the trials that have it, its scope said (search.importances).
+    (focal_gamma) is ranked among the trials that have it, its scope said
+    (search.review.importances).
     """
     found, notes = param_importances(study, target.for_importances())
     if not found:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.cli import (
+from search.core.cli import (
     Parser,
     exit_now,
     invoke,
@@ -31,13 +31,13 @@ from search.cli import (
 )
 
 if TYPE_CHECKING:
-    from search.session import SearchOptions
+    from search.execution.session import SearchOptions
 
 PROG = "search.run"
 
 
 def build_parser() -> Parser:
-    from search.study import PRUNERS, SAMPLERS
+    from search.study.optuna_study import PRUNERS, SAMPLERS
 
     parser = Parser(prog=PROG, parents=[store_parser(), teacher_parser()],
                     description="Search losses and fine-tuning hyperparameters for a study.")
@@ -132,7 +132,7 @@ def build_parser() -> Parser:
 
 
 def objective_list(text: str) -> list[str]:
-    from search.study import OBJECTIVES
+    from search.study.optuna_study import OBJECTIVES
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or any(n not in OBJECTIVES for n in names) or len(set(names)) != len(names):
@@ -142,7 +142,7 @@ def objective_list(text: str) -> list[str]:
 
 
 def assignment(text: str) -> tuple[str, str]:
-    from search.narrowing import parse_assignment
+    from search.study.narrowing import parse_assignment
 
     try:
         return parse_assignment(text)
@@ -198,10 +198,10 @@ def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int 
                              trials_per_gpu=trials_per_gpu, worker=worker, **asked)
     if worker is not None or not workers or workers < 2:
         return call()
-    from search.forked import stop_forkserver, warm_up
+    from search.execution.forked import stop_forkserver, warm_up
 
     # The forkserver's imports (seconds) run beside this launcher's own: its imports, opening
-    # the study, loading the data. Its CPU workers are forked from it (search.forked).
+    # the study, loading the data. Its CPU workers are forked from it (search.execution.forked).
     warm_up()
     try:
         return call()
@@ -213,13 +213,13 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
          gpus: list[str] | None, trials_per_gpu: int, worker: int | None, **asked: Any) -> int:
     from rich.console import Console
 
-    from search.display import ProgressDisplay, leaderboard, state_summary
-    from search.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
-    from search.forked import stop_forkserver
-    from search.launch import Outcome, launch, physical_gpus, plan_workers
-    from search.session import SearchOptions, open_search
-    from search.stores import ui_command
-    from search.urls import mask_url
+    from search.core.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
+    from search.core.urls import mask_url
+    from search.execution.forked import stop_forkserver
+    from search.execution.launch import Outcome, launch, physical_gpus, plan_workers
+    from search.execution.session import SearchOptions, open_search
+    from search.storage.stores import ui_command
+    from search.study.display import ProgressDisplay, leaderboard, state_summary
 
     options = SearchOptions(**asked)
     _interrupt_on_sigterm()
@@ -296,8 +296,8 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
 def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
     """The GPUs to spread the workers over (indices as this process sees them), or None for
     the CPU: every visible GPU unless `--gpus` says which; an index out of range is bad input."""
-    from search.errors import UsageError
-    from search.runtime import visible_gpus
+    from search.core.errors import UsageError
+    from search.core.runtime import visible_gpus
 
     if device == "cpu":
         if gpus:
@@ -317,8 +317,8 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
 
 def _work(*, timeout: float | None, options: SearchOptions) -> int:
     """One worker of a launcher: trials until the budget; the launcher shows the progress."""
-    from search.errors import DeviceFailed, TrackingLost
-    from search.session import open_search
+    from search.core.errors import DeviceFailed, TrackingLost
+    from search.execution.session import open_search
 
     search = open_search(options)
     status = "FINISHED"

@@ -19,9 +19,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from search import recovery
-from search.cli import Parser, invoke, non_negative_float, store_parser
-from search.errors import UsageError, first_line
+from search.core.cli import Parser, invoke, non_negative_float, store_parser
+from search.core.errors import UsageError, first_line
+from search.core.urls import mask_text, mask_url
+from search.execution import recovery
 from search.tracking import end_lost_run
 from search.tracking.rebuild import (
     SyncReport,
@@ -33,7 +34,6 @@ from search.tracking.rebuild import (
     tracking_client,
 )
 from search.tracking.tracker import EXPERIMENT_KIND
-from search.urls import mask_text, mask_url
 
 PROG = "search.sync"
 def build_parser() -> Parser:
@@ -59,10 +59,10 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
          tracking_uri: str | None = None, settle: float = 30.0) -> SyncReport:
     """The command: open the stores, fail lost trials, find the parent run, sync the trials."""
     import spaces
-    from search import studies
+    from search.core.runtime import quiet_libraries
     from search.report import load, pick_target
-    from search.runtime import quiet_libraries
-    from search.stores import check_tracking_store, resolve
+    from search.storage.stores import check_tracking_store, resolve
+    from search.study import lookup as studies
 
     quiet_libraries()
     stores = resolve(storage=storage, tracking_uri=tracking_uri)

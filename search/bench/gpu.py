@@ -31,8 +31,8 @@ import optuna
 
 from search.bench.data import write_cifar, write_weights
 from search.bench.steps import TAIL_CHARS, Reader, Runner, Step, fmt
-from search.optuna_storage import open_storage
-from search.study import OVER_BUDGET
+from search.storage.optuna_storage import open_storage
+from search.study.optuna_study import OVER_BUDGET
 
 REPORT_DIR = Path("mlruns") / "bench"
 
@@ -138,7 +138,8 @@ class Steps:
         def read(step: Step, output: str) -> dict[str, Any]:
             study = self.study(name)
             # A worker's trial that lost the race for the budget's last place ends at once,
-            # FAIL "over budget" (search.study.over_budget): counted apart, not a problem.
+            # FAIL "over budget" (search.study.optuna_study.over_budget): counted apart, not a
+            # problem.
             every = study.get_trials(deepcopy=False)
             trials = [t for t in every if t.user_attrs.get("fail_reason") != OVER_BUDGET]
             figures: dict[str, Any] = {"states": dict(Counter(t.state.name for t in trials))}

@@ -33,7 +33,7 @@ import optuna
 from optuna.pruners import BasePruner
 
 import spaces
-from search.study import HYPERBAND_MIN_RESOURCE, hyperband, make_sampler
+from search.study.optuna_study import HYPERBAND_MIN_RESOURCE, hyperband, make_sampler
 from spaces import Settings
 
 STUDIES = {"curves": 20, "digits": 5}  # the studies compared, and their default seed counts
@@ -173,8 +173,8 @@ def compare(study: str, *, seeds: list[int], trials: int | None = None,
 
 def _task(spec: spaces.Study, seed: int) -> Any:
     """The study's task on the CPU, loaded once per process (a simulation without sleeps)."""
-    from search import stores
-    from search.runtime import load_task
+    from search.core.runtime import load_task
+    from search.storage import stores
 
     cache = stores.resolve(storage=None, tracking_uri=None).cache_dir
     return load_task(spec, spaces.TaskOptions(seed=seed, cache_dir=cache, time_scale=0.0), "cpu")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.config import TrialConfig
-from search.verdict import METRICS
+from search.review.verdict import METRICS
 
 STUDY = "cifar10-transfer"
 BATCH_SIZE = 64  # the recipes' batch: 8 steps an epoch on the 500 training images
@@ -126,7 +126,7 @@ def _refit_options(data_dir: Path, folder: Path, seed: int) -> dict[str, Any]:
 def _best_value(folder: Path, seed: int) -> float:
     import optuna
 
-    from search.optuna_storage import open_storage
+    from search.storage.optuna_storage import open_storage
 
     stores = _stores(folder, seed)
     study = optuna.load_study(study_name=stores["name"], storage=open_storage(stores["storage"]))
@@ -212,7 +212,7 @@ def quality(*, data_dir: Path, seeds: list[int], device: str = "cpu",
     import shutil
 
     import spaces
-    from search import stores as stores_module
+    from search.storage import stores as stores_module
     from spaces import TaskOptions
 
     spec = spaces.get_study(STUDY)

@@ -20,7 +20,8 @@ logged metrics, its artifacts. Read back from Optuna's record and MLflow:
   they are near 100%, the costs above are waiting for a core, not for the storage; the CPU
   seconds per trial are what a trial's coordination costs in compute wherever it runs;
 - over budget: trials that lost the race for the budget's last places (ended at once,
-  see search.study.over_budget); locked: writes MLflow retried on a locked SQLite file.
+  see search.study.optuna_study.over_budget); locked: writes MLflow retried on a locked
+  SQLite file.
 
 Servers (PostgreSQL, Redis, an MLflow server on PostgreSQL) are started on loopback ports by
 the test suite's helpers (tests/servers.py, so run this from the repository root); a setup
@@ -230,8 +231,8 @@ def _read_back(result: Result, storage: str, tracking: str, name: str, folder: P
 
     import spaces
     from objectives.curves import curve
-    from search.optuna_storage import open_storage
-    from search.study import OVER_BUDGET
+    from search.storage.optuna_storage import open_storage
+    from search.study.optuna_study import OVER_BUDGET
     from spaces import Settings
 
     study = optuna.load_study(study_name=name, storage=open_storage(storage))

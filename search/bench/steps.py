@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from objectives.data import Task
-    from search.session import Search
+    from search.execution.session import Search
 
 ROOT = Path(__file__).resolve().parents[1]  # first on the children's path: this checkout runs
 MIN_STEP_S = 10.0  # a step the budget leaves less time than this is skipped
@@ -221,7 +221,7 @@ def _open(name: str, *, device: str, resolution: int, epochs: int, trials: int,
           params: dict[str, Any]) -> Search:
     """A cifar10 search over the benchmark's files in the current folder, `trials` copies of
     `params` enqueued, its data loaded on the device."""
-    from search.session import SearchOptions, open_search
+    from search.execution.session import SearchOptions, open_search
 
     search = open_search(SearchOptions(
         study="cifar10", name=name, data_dir="data", weights="resnet18.pt", device=device,
@@ -245,7 +245,7 @@ def memory(*, device: str, trials: int, seconds: float, params: dict[str, Any]) 
     search's own path (`Search.optimize`); GPU memory allocated after the first and the last."""
     import optuna
 
-    from search.study import state_counts
+    from search.study.optuna_study import state_counts
 
     search = _open("bench-memory", device=device, resolution=32, epochs=2, trials=trials,
                    params=params)

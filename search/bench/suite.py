@@ -41,11 +41,11 @@ import optuna
 import spaces
 from objectives.errors import InputError
 from objectives.train import fine_tune
-from search.cli import Parser, positive_float, positive_int
-from search.errors import UsageError
-from search.optuna_storage import open_storage
-from search.runtime import pick_device, quiet_libraries
-from search.session import SearchOptions, open_search
+from search.core.cli import Parser, positive_float, positive_int
+from search.core.errors import UsageError
+from search.core.runtime import pick_device, quiet_libraries
+from search.execution.session import SearchOptions, open_search
+from search.storage.optuna_storage import open_storage
 from spaces import Settings
 
 SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality",

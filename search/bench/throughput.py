@@ -28,7 +28,7 @@ from objectives.data import ImageData, Split, Task
 from objectives.losses import build_loss
 from objectives.optim import build_optimizer
 from objectives.train import _autocast, fine_tune
-from search.cli import Parser
+from search.core.cli import Parser
 
 PER_CLASS = 500  # images read per class folder: 5,000 CIFAR-10 images, decoded before timing
 CLASSES = 10

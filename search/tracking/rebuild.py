@@ -15,8 +15,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
-from search import recovery
-from search.study import OVER_BUDGET
+from search.execution import recovery
+from search.study.optuna_study import OVER_BUDGET
 from search.tracking.tracker import MAX_PARAM_LENGTH
 
 ENDED_BY = "search.sync"  # the search.ended_by tag of a run this ended

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search import forked
+from search.execution import forked
 
 # A request: (sequence number, ticket or None, what, run key or None, fn, args, kwargs).
 # fn(client, run_id_or_None, *args, **kwargs); a ticket asks for the result back.
@@ -217,7 +217,7 @@ class Writer:
     replaced once: the new one takes over the runs already created and is sent, in order,
     every request not confirmed (a run that may already exist is looked up, not created
     twice; MLflow takes a repeated metric, parameter or tag as the same). A second death sets
-    `lost`: from then on requests are dropped, and the search stops (see search.session).
+    `lost`: from then on requests are dropped, and the search stops (see search.execution.session).
     """
 
     def __init__(self, tracking_uri: str, *, log_dir: Path | None = None,
@@ -247,9 +247,9 @@ class Writer:
     def _start(self) -> None:
         # spawn, not fork: the search process has PyTorch's thread pools and SQLAlchemy
         # connections, which a forked child must not inherit. Except at the first start in a
-        # CPU worker forked warm (search.forked) while it runs one thread: then a fork shares
-        # the MLflow pages the forkserver imported (a spawned writer holds ~200 MB of its
-        # own), and what it inherits it never touches (it ends with os._exit, closing none
+        # CPU worker forked warm (search.execution.forked) while it runs one thread: then a fork
+        # shares the MLflow pages the forkserver imported (a spawned writer holds ~200 MB of
+        # its own), and what it inherits it never touches (it ends with os._exit, closing none
         # of the worker's connections).
         forking = self._generation == 0 and forked.IN_WORKER and threading.active_count() == 1
         context = multiprocessing.get_context("fork" if forking else "spawn")

@@ -9,7 +9,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from objectives.digits import load_digits_task
-from search.study import OVER_BUDGET
+from search.study.optuna_study import OVER_BUDGET
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,8 @@ def client(workdir: Path) -> MlflowClient:
 
 def ran(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's trials that ran, each with an MLflow run: all but those that lost the race
-    for the budget's last places (ended at once, untracked: search.study.over_budget)."""
+    for the budget's last places (ended at once, untracked:
+    search.study.optuna_study.over_budget)."""
     return [t for t in study.trials if t.user_attrs.get("fail_reason") != OVER_BUDGET]
 
 

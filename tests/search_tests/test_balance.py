@@ -10,8 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search import balance
 from search.run import main
+from search.study import balance
 from tests.search_tests.conftest import load_study
 from tests.support import one_error_line
 
@@ -102,7 +102,7 @@ def test_a_trial_is_pruned_only_when_weak_across_and_within_its_family() -> None
 
 
 def test_the_samplers_of_a_balanced_hyperband_study_still_see_one_bracket() -> None:
-    from search.rungs import GatedHyperband
+    from search.study.rungs import GatedHyperband
 
     across = GatedHyperband(min_resource=1, max_resource=9, reduction_factor=3)
     pruner = balance.pruner(across, LOSSES, epochs=9)

@@ -9,7 +9,7 @@ import pytest
 
 from search.bench.pruning import CANDIDATES, DEFAULT, Search, compare, run_search, table, write
 from search.bench.suite import main as bench_main
-from search.study import HYPERBAND_MIN_RESOURCE
+from search.study.optuna_study import HYPERBAND_MIN_RESOURCE
 
 
 def test_the_best_counts_only_trials_finished_within_the_budget() -> None:

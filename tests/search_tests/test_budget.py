@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from search.study import over_budget
+from search.study.optuna_study import over_budget
 
 
 def test_of_trials_started_at_once_for_the_last_place_only_the_first_keeps_it() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.trial import CONDITIONAL
+from search.execution.trial import CONDITIONAL
 
 
 def test_the_conditional_fields() -> None:

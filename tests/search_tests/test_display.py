@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from search.display import describe_params, key_columns
+from search.study.display import describe_params, key_columns
 
 
 @pytest.mark.parametrize(("params", "cells"), [

@@ -13,9 +13,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from search import report
+from search.execution.session import SearchOptions, open_search
 from search.refit import main as refit_main
 from search.run import main as run_main
-from search.session import SearchOptions, open_search
 from tests.search_tests.conftest import client, load_study
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers

@@ -1,4 +1,5 @@
-"""CPU workers forked warm (search.forked) behave as a started `python -m search.run` does."""
+"""CPU workers forked warm (search.execution.forked) behave as a started `python -m search.run`
+does."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from search.forked import ForkedProcess, stop_forkserver
-from search.launch import Worker, plan_workers
+from search.execution.forked import ForkedProcess, stop_forkserver
+from search.execution.launch import Worker, plan_workers
 
 
 @contextlib.contextmanager
@@ -56,9 +57,9 @@ def test_the_launcher_forks_cpu_workers_and_starts_gpu_workers_cold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started: list[str] = []
-    monkeypatch.setattr("search.launch.ForkedProcess",
+    monkeypatch.setattr("search.execution.launch.ForkedProcess",
                         lambda argv, env, log: started.append("forked"))
-    monkeypatch.setattr("search.launch.subprocess.Popen",
+    monkeypatch.setattr("search.execution.launch.subprocess.Popen",
                         lambda *args, **kwargs: started.append("cold"))
     cpu = plan_workers(workers=1, gpus=None, trials_per_gpu=1)[0]
     gpu = plan_workers(workers=None, gpus=["0"], trials_per_gpu=1)[0]

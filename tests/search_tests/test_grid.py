@@ -10,11 +10,11 @@ import pytest
 from optuna.trial import TrialState
 
 import spaces
-from search import grid
-from search.errors import UsageError
-from search.narrowing import Narrowing, narrow
+from search.core.errors import UsageError
+from search.execution.session import SearchOptions, open_search
 from search.run import main
-from search.session import SearchOptions, open_search
+from search.study import grid
+from search.study.narrowing import Narrowing, narrow
 from tests.search_tests.conftest import load_study, ran
 from tests.support import one_error_line
 

@@ -1,4 +1,4 @@
-"""search.importances on hand-made conditional studies: global ranking, scopes, notes."""
+"""search.review.importances on hand-made conditional studies: global ranking, scopes, notes."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState, create_trial
 
-from search import importances
-from search.importances import ALL, Importance, condition, global_params, param_importances
+from search.review import importances
+from search.review.importances import ALL, Importance, condition, global_params, param_importances
 
 LOSSES = ("cross_entropy", "focal", "huber", "distill", "mse")  # 6 of each in 30 trials
 PENALTIES = ("none", "l1", "l2", "l2_sp")

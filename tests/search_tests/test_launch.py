@@ -17,11 +17,17 @@ import pytest
 from rich.console import Console
 
 import spaces
-from search.display import ProgressDisplay
-from search.launch import Worker, _unless_storage_down, launch, physical_gpus, plan_workers
+from search.core.runtime import MEMORY_FRACTION_ENV
+from search.execution.launch import (
+    Worker,
+    _unless_storage_down,
+    launch,
+    physical_gpus,
+    plan_workers,
+)
+from search.execution.session import Search, SearchOptions, open_search
 from search.run import choose_gpus, main, run
-from search.runtime import MEMORY_FRACTION_ENV
-from search.session import Search, SearchOptions, open_search
+from search.study.display import ProgressDisplay
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
@@ -62,14 +68,14 @@ def test_a_lone_worker_on_gpu_1_of_4_5_lands_on_physical_gpu_5(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    monkeypatch.setattr("search.runtime.visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr("search.core.runtime.visible_gpus", lambda: ["0", "1"])
     seen = {}
 
     def open_search(options: object) -> None:
         seen["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
         raise Opened
 
-    monkeypatch.setattr("search.session.open_search", open_search)
+    monkeypatch.setattr("search.execution.session.open_search", open_search)
     with pytest.raises(Opened):
         run(gpus=["1"], study="cifar10", device="cuda")
     assert seen == {"CUDA_VISIBLE_DEVICES": "5"}
@@ -79,7 +85,7 @@ def test_workers_spread_over_the_visible_gpus_and_share_their_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("search.runtime.visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr("search.core.runtime.visible_gpus", lambda: ["0", "1"])
     gpus = choose_gpus(None, device="auto")  # --workers 3 without --gpus, on a 2-GPU node
     assert gpus == ["0", "1"]
     plans = plan_workers(workers=3, gpus=gpus, trials_per_gpu=1)
@@ -88,7 +94,7 @@ def test_workers_spread_over_the_visible_gpus_and_share_their_memory(
     # worker has it alone.
     assert [p.get(MEMORY_FRACTION_ENV) for p in plans] == ["0.4750", None, "0.4750"]
     assert choose_gpus(None, device="cpu") is None
-    monkeypatch.setattr("search.runtime.visible_gpus", lambda: [])
+    monkeypatch.setattr("search.core.runtime.visible_gpus", lambda: [])
     assert choose_gpus(None, device="auto") is None  # a CPU machine: CPU workers
 
 
@@ -102,7 +108,7 @@ def test_gpus_that_do_not_exist_are_bad_input(
     visible: list[str], argv: list[str], expected: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("search.runtime.visible_gpus", lambda: visible)
+    monkeypatch.setattr("search.core.runtime.visible_gpus", lambda: visible)
     assert main(["--study", "digits", *argv]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and expected in err, err
@@ -186,7 +192,7 @@ def test_a_sigterm_whose_stop_was_caught_on_the_way_still_stops_the_launcher(
             pass
 
     monkeypatch.setattr(Worker, "start", start)
-    monkeypatch.setattr("search.launch._show_new", show_and_swallow)
+    monkeypatch.setattr("search.execution.launch._show_new", show_and_swallow)
     display = ProgressDisplay(Console(file=io.StringIO()), budget=2, finished=0, metric="m")
     started = time.monotonic()
     outcome = launch(digits_search, [], plan_workers(workers=1, gpus=None, trials_per_gpu=1),

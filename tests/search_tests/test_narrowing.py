@@ -13,9 +13,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import spaces
-from search import narrowing
-from search.errors import UsageError
+from search.core.errors import UsageError
 from search.run import main
+from search.study import narrowing
 from tests.search_tests.conftest import load_study, runs
 from tests.support import one_error_line
 

@@ -10,9 +10,9 @@ import pytest
 import redis.exceptions
 from optuna.storages import RDBStorage
 
-from search import optuna_storage
-from search.errors import UsageError
-from search.optuna_storage import open_storage, unavailable
+from search.core.errors import UsageError
+from search.storage import optuna_storage
+from search.storage.optuna_storage import open_storage, unavailable
 
 
 @pytest.mark.parametrize("error", [

@@ -10,10 +10,10 @@ import pytest
 from optuna.trial import TrialState
 
 import spaces
-from search.errors import UsageError
+from search.core.errors import UsageError
 from search.report import main as report_main
 from search.run import main
-from search.studies import REFERENCE, find
+from search.study.lookup import REFERENCE, find
 from tests.search_tests.conftest import load_study, runs
 from tests.support import one_error_line
 

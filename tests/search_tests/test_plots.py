@@ -1,4 +1,4 @@
-"""search.plots: learning curves and family box plots that a person can read."""
+"""search.review.plots: learning curves and family box plots that a person can read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.plots import curves_figures, draw_family_plots, families_figures
+from search.review.plots import curves_figures, draw_family_plots, families_figures
 
 LOSSES = ("cross_entropy", "focal", "huber", "kl", "mae", "mse", "bce", "label_smoothing")
 LOSS: dict[str, BaseDistribution] = {"loss": CategoricalDistribution((*LOSSES, "distill"))}

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import recovery
+from search.execution import recovery
 
 
 @pytest.fixture

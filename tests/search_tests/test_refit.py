@@ -20,7 +20,7 @@ from objectives.data import ImageData, Split, Task
 from objectives.digits import load_digits_task
 from objectives.train import fine_tune
 from search import refit as refit_module
-from search import runtime
+from search.core import runtime
 from search.refit import _run_tags, evaluate, main
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
@@ -119,8 +119,8 @@ def test_a_broken_gpu_during_a_refit_is_one_line(
 
 
 def test_the_search_never_touches_the_test_split(tmp_path: Path) -> None:
+    from search.execution.trial import TrialRunner
     from search.tracking import Tracker
-    from search.trial import TrialRunner
     from spaces import Settings
     from spaces.digits import STUDY
 

@@ -184,7 +184,7 @@ def test_a_broken_gpu_stops_a_lone_search_with_one_line(
     def illegal_access(*args: object, **kwargs: object) -> None:
         raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr("search.trial.fine_tune", illegal_access)
+    monkeypatch.setattr("search.execution.trial.fine_tune", illegal_access)
     assert main([*TINY, "--trials", "4"]) == 3
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err

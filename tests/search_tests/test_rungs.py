@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.pruners import BasePruner
 
-from search.rungs import GatedHyperband, GatedSuccessiveHalving
-from search.study import make_pruner
+from search.study.optuna_study import make_pruner
+from search.study.rungs import GatedHyperband, GatedSuccessiveHalving
 
 EPOCHS = 20
 

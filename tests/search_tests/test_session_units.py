@@ -7,8 +7,8 @@ import optuna
 import pytest
 
 import spaces
-from search.errors import UsageError, first_line
-from search.session import _init, _objectives, _stored
+from search.core.errors import UsageError, first_line
+from search.execution.session import _init, _objectives, _stored
 
 
 def test_a_study_optimizes_its_own_metric_unless_objectives_are_given() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import spaces
-from search.errors import UsageError
-from search.settings import RESOLUTION_SEARCH, StudySettings, reconcile
+from search.core.errors import UsageError
+from search.study.settings import RESOLUTION_SEARCH, StudySettings, reconcile
 
 DEFAULTS = {"epochs": 20, "objectives": None, "teacher": None, "backbone": "resnet18",
             "resolution": RESOLUTION_SEARCH, "init": "imagenet"}

@@ -18,8 +18,8 @@ from objectives.config import TrialConfig
 from objectives.data import ImageData, Split, Task
 from objectives.interrupts import clear_stop, request_stop
 from objectives.models import StagedNet, new_head, small_cnn
+from search.execution.trial import TrialRunner
 from search.tracking import Tracker
-from search.trial import TrialRunner
 from spaces.base import Settings, Study
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
@@ -359,7 +359,7 @@ def test_the_writer_process_stays_free_of_pytorch(tmp_path: Path) -> None:
 ])
 def test_each_way_training_ends_is_one_outcome(error: BaseException, state: str,
                                                reason: str | None, killed: bool) -> None:
-    from search.trial import ended_by
+    from search.execution.trial import ended_by
 
     outcome = ended_by(error, 3)
     assert outcome is not None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.urls import mask_text, mask_url, scheme, sqlite_file
+from search.core.urls import mask_text, mask_url, scheme, sqlite_file
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_scheme_and_sqlite_file(url: str, kind: str, file: str | None) -> None:
 
 
 def test_the_review_line_links_the_study_runs_with_the_password_masked() -> None:
-    from search.stores import ui_command
+    from search.storage.stores import ui_command
 
     runs = "/#/experiments/7/runs?workflowType=machine_learning"
     assert ui_command("sqlite:///mlruns/mlflow.db", "7") == (

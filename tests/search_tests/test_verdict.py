@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search import verdict
+from search.review import verdict
 
 FAMILIES = ("cross_entropy", "focal")
 

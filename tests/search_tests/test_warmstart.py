@@ -16,9 +16,10 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState, create_trial
 
-from search import report, warmstart
+from search import report
 from search import run as search_run
-from search.errors import UsageError
+from search.core.errors import UsageError
+from search.study import warmstart
 from tests.search_tests.conftest import load_study
 from tests.support import one_error_line
 

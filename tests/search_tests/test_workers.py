@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.optuna_storage import open_storage
+from search.storage.optuna_storage import open_storage
 from tests.search_tests.conftest import client, ran, runs
 from tests.servers import (
     PostgresServer,

@@ -11,7 +11,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from search.rungs import GatedHyperband, GatedSuccessiveHalving
+from search.study.rungs import GatedHyperband, GatedSuccessiveHalving
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -31,7 +31,7 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     # CMA-ES models the continuous parameters; the categorical ones fall back to random.
     "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-    # Every point of --grid, queued once (search.grid): nothing is left to sample.
+    # Every point of --grid, queued once (search.study.grid): nothing is left to sample.
     "grid": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
@@ -43,7 +43,7 @@ HYPERBAND_MIN_RESOURCE = 3
 
 def hyperband(epochs: int, min_resource: int = HYPERBAND_MIN_RESOURCE) -> BasePruner:
     """Li et al. 2018; resources are epochs, the brackets span `min_resource` epochs (at most
-    the whole run) to the full run. Asked only at its rung steps (search.rungs)."""
+    the whole run) to the full run. Asked only at its rung steps (search.study.rungs)."""
     return GatedHyperband(min_resource=min(min_resource, epochs), max_resource=epochs,
                           reduction_factor=3)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from objectives.data import Task
 from objectives.errors import InputError
-from search.errors import UsageError
-from search.urls import mask_text, mask_url
+from search.core.errors import UsageError
+from search.core.urls import mask_text, mask_url
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from search.cli import exit_now
+from search.core.cli import exit_now
 
 # Imported once in the forkserver: everything a worker imports on its way to its first trial,
-# then frozen for the garbage collector (see search.warm).
-PRELOAD = ["search.warm"]
+# then frozen for the garbage collector (see search.execution.preload).
+PRELOAD = ["search.execution.preload"]
 
 IN_WORKER = False  # set in a forked worker: its MLflow writer may be forked too (see writer)
 

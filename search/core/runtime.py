@@ -14,7 +14,7 @@ import optuna
 import spaces
 from objectives.data import Task
 from objectives.errors import InputError
-from search.errors import UsageError
+from search.core.errors import UsageError
 
 _TASKS: dict[tuple[Any, ...], Task] = {}
 

@@ -21,7 +21,7 @@ from objectives.interrupts import check_stop
 from objectives.losses import LOSS_PARAMS
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
-from search import recovery
+from search.execution import recovery
 from search.tracking.artifacts import log_evaluation, log_model
 
 if TYPE_CHECKING:

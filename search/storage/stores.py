@@ -7,8 +7,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.errors import UsageError, first_line
-from search.urls import SQLITE, mask_text, mask_url, scheme, sqlite_file
+from search.core.errors import UsageError, first_line
+from search.core.urls import SQLITE, mask_text, mask_url, scheme, sqlite_file
 
 MLRUNS = Path("mlruns")
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"

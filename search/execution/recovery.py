@@ -2,9 +2,9 @@
 retry resumes from the trial's last per-epoch checkpoint.
 
 Optuna's heartbeat finds trials whose worker stopped beating, from any node (on an RDB by
-Optuna, on the journal by search.heartbeat). Sooner than that, a trial records which worker runs
-it (node and process id), and a launcher that sees its worker die, or a search that starts on
-the same node, fails that worker's RUNNING trials itself. Either way Optuna's
+Optuna, on the journal by search.storage.heartbeat). Sooner than that, a trial records which
+worker runs it (node and process id), and a launcher that sees its worker die, or a search that
+starts on the same node, fails that worker's RUNNING trials itself. Either way Optuna's
 `RetryHeartbeatStaleTrialCallback` adds the retry, with the lost trial's parameters and
 intermediate values.
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import UsageError
+from search.core.errors import UsageError
 
 if TYPE_CHECKING:  # spaces imports PyTorch: search.report reads settings without it
     import spaces

@@ -25,7 +25,7 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import UsageError, first_line
+from search.core.errors import UsageError, first_line
 
 SCALARS = (str, int, float, bool, type(None))  # Optuna's categorical choice types
 DEFAULT_BEST = 5  # configurations --enqueue-from takes when it names no K
@@ -197,8 +197,8 @@ def gather(*, enqueue_from: str | None, enqueue: str | Path | None, sampler: str
     configs: list[dict[str, Any]] = []
     sources = []
     if enqueue_from:
+        from search.core.urls import mask_url
         from search.report import load  # reads without creating anything
-        from search.urls import mask_url
 
         source, _, count = enqueue_from.rpartition(":")
         if not (source and count.isdigit() and int(count) > 0):

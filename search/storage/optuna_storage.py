@@ -12,9 +12,9 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
 from optuna.trial import FrozenTrial
 
-from search.errors import UsageError, first_line
-from search.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
-from search.urls import mask_text, mask_url, scheme
+from search.core.errors import UsageError, first_line
+from search.core.urls import mask_text, mask_url, scheme
+from search.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 REDIS_SCHEMES = ("redis", "rediss")
@@ -28,7 +28,7 @@ def open_storage(url: str, *, heartbeat: int | None = None,
     `heartbeat` (seconds) turns on Optuna's heartbeat: a trial whose worker stops beating for
     twice that long is failed by the next worker that starts a trial (or a launcher's next
     look), and `on_stale` is called with it (to queue its retry). Optuna beats on an RDB; on
-    the journal (a file, Redis) search.heartbeat adds the same protocol.
+    the journal (a file, Redis) search.storage.heartbeat adds the same protocol.
     """
     kind = scheme(url)
     try:

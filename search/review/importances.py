@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import first_line
+from search.core.errors import first_line
 
 ALL = "all trials"
 MIN_TRIALS = 2  # fewer and Optuna can only call the parameters equally important

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.display import describe_params
+from search.study.display import describe_params
 
 REFITS = "family_refits"  # study attr prefix: f"{REFITS}:{by}" holds a --per-family refit
 METRICS = ("test_accuracy", "test_macro_f1", "test_ece", "test_corruption_accuracy")

@@ -3,9 +3,9 @@
 Optuna's own distributed model, nothing home-made: every worker runs `study.optimize` against
 the shared storage and the study's budget; the launcher only starts them (pinned to a GPU with
 CUDA_VISIBLE_DEVICES, or with a share of the CPU's threads; CPU workers are forked from a warm
-process, see search.forked), shows their combined progress from
+process, see search.execution.forked), shows their combined progress from
 the storage, and watches them. A worker that dies mid-trial is seen here first (its exit status):
-its RUNNING trials are failed as "worker lost" and retried (see search.recovery), and a
+its RUNNING trials are failed as "worker lost" and retried (see search.execution.recovery), and a
 replacement worker is started. SIGTERM or Ctrl-C is passed on to the workers, which interrupt
 their trials and checkpoint them; past a grace period, they are killed and their trials failed.
 """
@@ -25,12 +25,13 @@ from typing import TypeVar
 
 from optuna.trial import TrialState
 
-from search import optuna_storage, recovery
-from search.display import ProgressDisplay
-from search.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
-from search.forked import ForkedProcess, stop_forkserver
-from search.runtime import MEMORY_FRACTION_ENV
-from search.session import Search
+from search.core.errors import EXIT_DEVICE_FAILED, EXIT_TRACKING_LOST
+from search.core.runtime import MEMORY_FRACTION_ENV
+from search.execution import recovery
+from search.execution.forked import ForkedProcess, stop_forkserver
+from search.execution.session import Search
+from search.storage import optuna_storage
+from search.study.display import ProgressDisplay
 
 T = TypeVar("T")
 

@@ -27,8 +27,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import UsageError
-from search.narrowing import Narrowing, parameters
+from search.core.errors import UsageError
+from search.study.narrowing import Narrowing, parameters
 
 if TYPE_CHECKING:
     import spaces

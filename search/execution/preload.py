@@ -1,4 +1,4 @@
-"""What the launcher's forkserver imports once (search.forked): every module a CPU worker
+"""What the launcher's forkserver imports once (search.execution.forked): every module a CPU worker
 imports on its way to its first trial, then frozen for the garbage collector.
 
 Without the freeze, a forked worker's first full collection walks every object the imports
@@ -14,8 +14,8 @@ import gc
 import importlib
 
 MODULES = ("torch", "torchvision", "mlflow", "optuna", "sklearn.metrics", "search.run",
-           "search.session", "search.trial", "search.tracking.writer", "objectives.train",
-           "objectives.curves", "spaces.registry")
+           "search.execution.session", "search.execution.trial", "search.tracking.writer",
+           "objectives.train", "objectives.curves", "spaces.registry")
 
 for _name in MODULES:
     importlib.import_module(_name)

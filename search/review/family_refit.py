@@ -22,8 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.errors import UsageError, first_line
-from search.verdict import (
+from search.core.errors import UsageError, first_line
+from search.review.verdict import (
     METRICS,
     REFITS,
     Interval,

@@ -26,8 +26,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from objectives.config import TrialConfig
-from search.errors import UsageError
-from search.narrowing import (
+from search.core.errors import UsageError
+from search.study.narrowing import (
     Narrowing,
     StandIn,
     convert,

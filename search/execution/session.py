@@ -18,16 +18,25 @@ from optuna.trial import FrozenTrial
 import spaces
 from objectives.data import Task
 from objectives.interrupts import check_stop
-from search import balance as balance_module
-from search import grid as grid_module
-from search import narrowing as narrowing_module
-from search import recovery, studies, warmstart
-from search import stores as stores_module
-from search.errors import DeviceFailed, TrackingLost, UsageError, first_line
-from search.optuna_storage import open_storage, unavailable
-from search.runtime import device_tags, limit_gpu_memory, load_task, pick_device, quiet_libraries
-from search.settings import RESOLUTION_SEARCH, StudySettings, reconcile
-from search.study import (
+from search.core.errors import DeviceFailed, TrackingLost, UsageError, first_line
+from search.core.runtime import (
+    device_tags,
+    limit_gpu_memory,
+    load_task,
+    pick_device,
+    quiet_libraries,
+)
+from search.core.urls import mask_text, mask_url
+from search.execution import recovery
+from search.execution.trial import TrialRunner
+from search.storage import stores as stores_module
+from search.storage.optuna_storage import open_storage, unavailable
+from search.study import balance as balance_module
+from search.study import grid as grid_module
+from search.study import lookup as studies
+from search.study import narrowing as narrowing_module
+from search.study import warmstart
+from search.study.optuna_study import (
     OVER_BUDGET,
     Budget,
     OverBudget,
@@ -39,9 +48,8 @@ from search.study import (
     over_budget,
     state_counts,
 )
+from search.study.settings import RESOLUTION_SEARCH, StudySettings, reconcile
 from search.tracking import Tracker
-from search.trial import TrialRunner
-from search.urls import mask_text, mask_url
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -331,7 +339,7 @@ def open_search(options: SearchOptions) -> Search:
     task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
     teacher_model = None
     if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
-        from search import teacher as teacher_module
+        from search.study import teacher as teacher_module
 
         teacher_model = teacher_module.load(
             teacher, arch=teacher_arch, task=task, tracking_uri=stores.client_uri,
@@ -419,7 +427,7 @@ def open_search(options: SearchOptions) -> Search:
 def _objectives(spec: spaces.Study, names: Sequence[str],
                 sampler: str) -> tuple[tuple[str, ...], list[str]]:
     """The metrics a trial returns and their directions."""
-    from search.study import OBJECTIVES
+    from search.study.optuna_study import OBJECTIVES
 
     if not names:
         return (spec.metric,), [spec.direction]

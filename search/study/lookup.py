@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import spaces
-from search.errors import UsageError
+from search.core.errors import UsageError
 
 REFERENCE = "study_ref"  # study attr: the file (absolute) or module:NAME the space came from
 

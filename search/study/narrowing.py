@@ -29,7 +29,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from search.errors import UsageError
+from search.core.errors import UsageError
 
 if TYPE_CHECKING:
     import spaces

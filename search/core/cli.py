@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from search.errors import (
+from search.core.errors import (
     EXIT_DEVICE_FAILED,
     EXIT_TRACKING_LOST,
     DeviceFailed,
