@@ -20,22 +20,11 @@ import sys
 from collections.abc import Sequence
 
 from search.core.cli import Parser, invoke, non_negative_float, store_parser
-from search.core.errors import UsageError, first_line
-from search.core.urls import mask_text, mask_url
-from search.execution import recovery
-from search.tracking import end_lost_run
-from search.tracking.rebuild import (
-    SyncReport,
-    TrackingStoreError,
-    end_parent,
-    find_parent,
-    note_warning,
-    sync_study,
-    tracking_client,
-)
-from search.tracking.tracker import EXPERIMENT_KIND
+from search.execution.sync import sync
 
 PROG = "search.sync"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, parents=[store_parser()],
                     description="Rebuild a study's MLflow experiment, parent run and trial runs "
@@ -53,70 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         print(report.line())
     return status
-
-
-def sync(*, study: str, name: str | None = None, storage: str | None = None,
-         tracking_uri: str | None = None, settle: float = 30.0) -> SyncReport:
-    """The command: open the stores, fail lost trials, find the parent run, sync the trials."""
-    import spaces
-    from search.core.runtime import quiet_libraries
-    from search.report import load, pick_target
-    from search.storage.stores import check_tracking_store, resolve
-    from search.study import lookup as studies
-
-    quiet_libraries()
-    stores = resolve(storage=storage, tracking_uri=tracking_uri)
-    check_tracking_store(stores.tracking_uri)  # refused at once, not after minutes of retries
-    try:  # --study names a search space (and --name the study), or the Optuna study itself
-        spec: spaces.Study | None = studies.find(study, storage=stores.storage, name=name)
-    except UsageError as e:
-        spec, unknown = None, str(e)
-    name = name or (spec.name if spec is not None else study)
-    try:
-        found = load(stores.storage, name, study)  # an unknown study: exit 2, nothing created
-    except UsageError:
-        if spec is None:
-            raise UsageError(f"{unknown}, and no Optuna study {study!r} in "
-                             f"{mask_url(stores.storage)}") from None
-        raise
-    stored = found.user_attrs.get("space")
-    if stored in spaces.STUDIES:
-        spec = spaces.STUDIES[stored]
-    if spec is None:
-        raise UsageError(f"study {name!r} records no search space: give --study SPACE "
-                         f"--name {name}")
-    metrics, _ = pick_target(found, spec.metric)
-    try:
-        client = tracking_client(stores.client_uri)
-        experiment = client.get_experiment_by_name(name)
-    except Exception as e:  # any store or server error, as one line
-        raise UsageError(f"cannot open tracking store {mask_url(stores.tracking_uri)!r}: "
-                         f"{mask_text(first_line(e), stores.tracking_uri)}") from None
-    if experiment is not None and experiment.lifecycle_stage != "active":
-        raise UsageError(f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments "
-                         "restore) or purge it (mlflow gc) before a sync")
-    warnings: list[str] = []
-    try:
-        lost = recovery.fail_lost_trials(
-            found, lost=recovery.local_worker_dead,
-            on_lost=lambda trial, reason, retry: note_warning(
-                warnings, end_lost_run(client, experiment.experiment_id if experiment else None,
-                                       trial, reason, retry)))
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            name, artifact_location=stores.artifact_location, tags=EXPERIMENT_KIND)
-        parent, rebuilt = find_parent(found, client, experiment_id, metrics=metrics,
-                                      tags={"search.storage": mask_url(stores.storage)})
-        report = sync_study(found, client, experiment_id=experiment_id, parent_run_id=parent,
-                            metrics=tuple(metrics), settle_seconds=settle, fresh=lost)
-        if rebuilt:
-            end_parent(found, client, parent)
-    except TrackingStoreError as e:
-        raise UsageError(f"tracking store {mask_url(stores.tracking_uri)!r}: "
-                         f"{mask_text(first_line(e), stores.tracking_uri)}") from None
-    report.lost, report.parent_rebuilt, report.warnings = lost, rebuilt, warnings
-    return report
-
-
 
 
 if __name__ == "__main__":

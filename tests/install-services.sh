@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond Python packages, installed when it is missing (Debian, Ubuntu):
-# - PostgreSQL and Redis binaries: tests/servers.py starts servers of its own from them, on free
+# - PostgreSQL and Redis binaries: search/bench/servers.py starts servers of its own from them, on free
 #   loopback ports in temporary folders; a server the package may start on 5432 is never used;
 # - Chromium, which tests/search_tests/test_mlflow_ui.py drives headless through Playwright (the
 #   dev extra), so that Playwright downloads no browser;

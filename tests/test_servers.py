@@ -1,4 +1,5 @@
-"""The throwaway PostgreSQL and Redis servers of tests/servers.py: ours, on loopback, stoppable.
+"""The throwaway PostgreSQL and Redis servers of search/bench/servers.py: ours, on loopback,
+stoppable.
 
 A missing binary fails these tests (it does not skip them): CI must run them, and README's test
 command installs the Debian packages (tests/install-services.sh).
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import (
+from search.bench.servers import (
     PostgresServer,
     RedisServer,
     postgres_available,
@@ -178,7 +179,7 @@ def test_servers_stop_on_error_in_block(tmp_path: Path) -> None:
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from tests.servers import postgres_server, redis_server
+from search.bench.servers import postgres_server, redis_server
 with postgres_server(Path(sys.argv[1])) as pg, redis_server(Path(sys.argv[1])) as r:
     print(json.dumps({"pg": pg.pid, "redis": r.pid, "pg_dir": str(pg.socket_dir)}), flush=True)
     time.sleep(60)

@@ -31,8 +31,9 @@ import optuna
 
 from search.bench.data import write_cifar, write_weights
 from search.bench.steps import TAIL_CHARS, Reader, Runner, Step, fmt
+from search.core import names
+from search.core.names import OVER_BUDGET
 from search.storage.optuna_storage import open_storage
-from search.study.optuna_study import OVER_BUDGET
 
 REPORT_DIR = Path("mlruns") / "bench"
 
@@ -141,7 +142,7 @@ class Steps:
             # FAIL "over budget" (search.study.optuna_study.over_budget): counted apart, not a
             # problem.
             every = study.get_trials(deepcopy=False)
-            trials = [t for t in every if t.user_attrs.get("fail_reason") != OVER_BUDGET]
+            trials = [t for t in every if t.user_attrs.get(names.FAIL_REASON) != OVER_BUDGET]
             figures: dict[str, Any] = {"states": dict(Counter(t.state.name for t in trials))}
             if len(trials) < len(every):
                 figures["over_budget"] = len(every) - len(trials)
@@ -168,9 +169,9 @@ class Steps:
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{self.work / 'mlruns' / 'mlflow.db'}")
-        attrs = [t.user_attrs.get("compile") for t in trials]
-        tags = [client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("search.compile")
-                if t.user_attrs.get("mlflow_run_id") else None for t in trials]
+        attrs = [t.user_attrs.get(names.COMPILE) for t in trials]
+        tags = [client.get_run(t.user_attrs[names.MLFLOW_RUN_ID]).data.tags.get("search.compile")
+                if t.user_attrs.get(names.MLFLOW_RUN_ID) else None for t in trials]
         figures: dict[str, Any] = {"compile_attr": attrs, "compile_tag": tags,
                                    "compiled": sum(a == "compiled" for a in attrs)}
         if None in attrs or None in tags or attrs != tags:

@@ -74,7 +74,7 @@ def recipes(task: Any, *, seed: int, epochs: int, device: str) -> list[Row]:
     """Each recipe trained on train (scored on validation), then refit on train + validation
     and tested; the one chosen on validation is marked."""
     from objectives.train import fine_tune
-    from search.refit import evaluate, refit_task
+    from search.review.refit import evaluate, refit_task
 
     rows = []
     train_task, fit_task = task.to(device), refit_task(task, device)  # moved once for both
@@ -94,7 +94,7 @@ def recipes(task: Any, *, seed: int, epochs: int, device: str) -> list[Row]:
 def search_and_refit(*, data_dir: Path, seed: int, folder: Path, trials: int | None,
                      epochs: int | None, device: str) -> tuple[Row, dict[str, float]]:
     """The default search in a child process, as a user runs it, then a refit of its best."""
-    from search.refit import refit
+    from search.review.refit import refit
 
     command = [sys.executable, "-m", "search.run", "--study", STUDY, "--data-dir", str(data_dir),
                "--seed", str(seed), "--device", device]
@@ -135,7 +135,7 @@ def _best_value(folder: Path, seed: int) -> float:
 
 def families(*, data_dir: Path, seed: int, folder: Path, device: str) -> tuple[list[Row], float]:
     """The best trial of each loss family and of each penalty, refit with `seed` and tested."""
-    from search.refit import refit
+    from search.review.refit import refit
 
     rows, started = [], time.perf_counter()
     for by in ("loss", "penalty"):

@@ -24,9 +24,9 @@ logged metrics, its artifacts. Read back from Optuna's record and MLflow:
   SQLite file.
 
 Servers (PostgreSQL, Redis, an MLflow server on PostgreSQL) are started on loopback ports by
-the test suite's helpers (tests/servers.py, so run this from the repository root); a setup
-whose server is not installed is skipped with its reason. A worker count that would not fit in
-this machine's available memory is skipped and says what it needs.
+search.bench.servers (the ones the tests start too); a setup whose server is not installed is
+skipped with its reason. A worker count that would not fit in this machine's available memory
+is skipped and says what it needs.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from search.core import names
 
 OUT = Path("mlruns/bench")
 WORKERS = (1, 8, 32, 64)
@@ -135,7 +137,7 @@ class Stores:
 @contextlib.contextmanager
 def _stores(storage_kind: str, tracking_kind: str, folder: Path) -> Iterator[Stores]:
     try:
-        from tests import servers
+        from search.bench import servers
     except ImportError:
         raise _Unavailable("needs the test suite's server helpers: run from the repository "
                            "root") from None
@@ -231,8 +233,8 @@ def _read_back(result: Result, storage: str, tracking: str, name: str, folder: P
 
     import spaces
     from objectives.curves import curve
+    from search.core.names import OVER_BUDGET
     from search.storage.optuna_storage import open_storage
-    from search.study.optuna_study import OVER_BUDGET
     from spaces import Settings
 
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
@@ -245,7 +247,7 @@ def _read_back(result: Result, storage: str, tracking: str, name: str, folder: P
     if finished:
         result.cpu_per_trial = result.cpu * cores * result.seconds / len(finished)
     for t in trials:
-        reason = str(t.user_attrs.get("fail_reason", ""))
+        reason = str(t.user_attrs.get(names.FAIL_REASON, ""))
         if t.state == TrialState.FAIL:
             if reason.startswith("diverged"):
                 continue  # the simulation's own divergences: not errors
@@ -278,7 +280,7 @@ def _read_back(result: Result, storage: str, tracking: str, name: str, folder: P
     result.trials_per_second = len(spans) / max(1e-9, (last - first).total_seconds())
     firsts: dict[str, int] = {}  # worker -> its first trial (it also waits for the writer)
     for t, _, _ in sorted(spans, key=lambda span: span[1]):
-        firsts.setdefault(str(t.user_attrs.get("worker")), t.number)
+        firsts.setdefault(str(t.user_attrs.get(names.WORKER)), t.number)
     epochs: list[int] = []
     overheads: list[float] = []
     starting: list[float] = []

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.core import names
+
 if TYPE_CHECKING:
     from objectives.data import Task
     from search.execution.session import Search
@@ -293,12 +295,12 @@ def oom(*, device: str, headroom_mib: int, params: dict[str, Any]) -> dict[str, 
     torch.cuda.set_per_process_memory_fraction(1.0)
     failed = search.study.trials[0]
     retries = [t for t in search.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-               if t.system_attrs.get("failed_trial") == failed.number]
+               if t.system_attrs.get(names.RETRY_OF) == failed.number]
     if retries:  # the search goes on: with the cap lifted, the retry fits
         search.optimize(n_trials=1)
     search.close()
     retried = [t for t in search.study.trials if t.number != failed.number]
-    return {"state": failed.state.name, "fail_reason": failed.user_attrs.get("fail_reason"),
+    return {"state": failed.state.name, "fail_reason": failed.user_attrs.get(names.FAIL_REASON),
             "retry_queued": bool(retries), "cap_mib": cap / MIB,
             "retry_state": retried[0].state.name if retried else None,
             "allocated_mib": {"before": before, "after": after}}

@@ -25,28 +25,27 @@ import multiprocessing.forkserver
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from search.core import process
 from search.core.cli import exit_now
 
 # Imported once in the forkserver: everything a worker imports on its way to its first trial,
 # then frozen for the garbage collector (see search.execution.preload).
 PRELOAD = ["search.execution.preload"]
 
-IN_WORKER = False  # set in a forked worker: its MLflow writer may be forked too (see writer)
-
-
 class ForkedProcess:
     """A forked worker seen as `subprocess.Popen`: its exit status is negative when a signal
     ended it, as Popen's is."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, main: Callable[[Sequence[str]], int], argv: Sequence[str],
+                 env: dict[str, str], log: Path) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         self._process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-            target=_main, args=(list(argv), dict(env), str(log)), name="search-worker")
+            target=_main, args=(main, list(argv), dict(env), str(log)), name="search-worker")
         self._process.start()
 
     @property
@@ -92,12 +91,13 @@ def stop_forkserver() -> None:
         stop()
 
 
-def _main(argv: list[str], env: dict[str, str], log: str) -> None:
+def _main(main: Callable[[Sequence[str]], int], argv: list[str], env: dict[str, str],
+          log: str) -> None:
     """In the forked worker: the environment and output a started `search.run` would have,
-    then its main; exits with its status (running the exit handlers, which drain the MLflow
-    writer, as a normal interpreter exit does)."""
-    global IN_WORKER
-    IN_WORKER = True
+    then `main` (the command's main, handed down by it) with `argv`; exits with its status
+    (running the exit handlers, which drain the MLflow writer, as a normal interpreter exit
+    does)."""
+    process.IN_WORKER = True
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -115,9 +115,7 @@ def _main(argv: list[str], env: dict[str, str], log: str) -> None:
         threads = env.get("OMP_NUM_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
-        from search import run
-
-        code = run.main(argv)
+        code = main(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # printed to the log, as an uncaught error of search.run would be

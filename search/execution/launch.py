@@ -50,12 +50,14 @@ class Worker:
     log: Path
     process: subprocess.Popen[bytes] | ForkedProcess | None = None
     handled: bool = False  # its exit has been dealt with (and it was not replaced)
+    main: Callable[[Sequence[str]], int] | None = None  # what a forked worker runs
 
     def start(self, argv: Sequence[str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        if not self.env.get("CUDA_VISIBLE_DEVICES"):  # a CPU worker: forked warm
-            self.process = ForkedProcess([*argv, "--worker", str(self.index)], self.env,
-                                         self.log)
+        if self.main is not None and not self.env.get("CUDA_VISIBLE_DEVICES"):
+            # a CPU worker: forked warm
+            self.process = ForkedProcess(self.main, [*argv, "--worker", str(self.index)],
+                                         self.env, self.log)
             return
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -124,15 +126,19 @@ class Outcome:
 
 def launch(search: Search, argv: Sequence[str], plans: list[dict[str, str]],
            display: ProgressDisplay, *, log_dir: Path,
+           worker_main: Callable[[Sequence[str]], int] | None = None,
            warn: Callable[[str], None] = print) -> Outcome:
     """Run the workers until the study has its budget or they stop.
+
+    A CPU worker is forked warm and runs `worker_main` (the command's main) with its command
+    line; without one, or on a GPU, a worker starts cold as `python -m search.run`.
 
     A worker that dies, or stops because its GPU failed (a sticky CUDA error), is replaced;
     one that exits on bad input, or because its MLflow tracking was lost, is not, and its
     error line is returned. `warn` shows what
     happened to a worker, as it happens.
     """
-    workers = [Worker(i, {**os.environ, **plan}, log_dir / f"worker-{i}.log")
+    workers = [Worker(i, {**os.environ, **plan}, log_dir / f"worker-{i}.log", main=worker_main)
                for i, plan in enumerate(plans)]
     outcome = Outcome(bad_input=[], untracked=[])
     seen = {t.number for t in search.study.get_trials(deepcopy=False, states=DONE)}

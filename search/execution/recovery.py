@@ -24,12 +24,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.interrupts import interrupts_held
+from search.core import names
+from search.core.names import INTERRUPTED, LOST, WORKER, retry_of  # noqa: F401 (re-exported)
 
-WORKER = "worker"  # user attribute: "node:pid" of the process running the trial
 NODE_ENV = "FINETUNE_SEARCH_NODE"
 MAX_RETRY = 3  # retries of one trial; a trial that kills its worker every time stops there
-LOST = "worker lost"
-INTERRUPTED = "interrupted"
 
 # (the failed trial, the reason, the number of its retry or None): end its MLflow run
 OnLost = Callable[[FrozenTrial, str, "int | None"], None]
@@ -60,7 +59,7 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> int | None:
     unowned.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != WORKER}
     callback(study, unowned)
     for queued in reversed(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
-        if queued.system_attrs.get("retry_history", [])[-1:] == [trial.number]:
+        if queued.system_attrs.get(names.RETRY_HISTORY, [])[-1:] == [trial.number]:
             return queued.number
     return None
 
@@ -68,12 +67,6 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> int | None:
 def frozen(trial: optuna.Trial) -> FrozenTrial:
     """A live trial as the storage holds it now (its system attributes included)."""
     return trial.study._storage.get_trial(trial._trial_id)
-
-
-def retry_of(trial: FrozenTrial) -> int | None:
-    """The number of the trial this one retries (the first of the chain), or None."""
-    first = trial.system_attrs.get("failed_trial")
-    return int(first) if first is not None else None
 
 
 def checkpoint_path(folder: Path, study_name: str, trial: FrozenTrial) -> Path:
@@ -139,7 +132,7 @@ def fail_lost_trials(study: optuna.Study, *, lost: Callable[[str], bool],
         if not worker or not lost(worker):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, names.FAIL_REASON, reason)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -171,7 +164,7 @@ def stale_trial_callback(on_lost: Callable[[], OnLost | None]) -> Callable[
         again = retry(study, trial)
         handler = on_lost()
         if handler is not None:
-            handler(trial, str(trial.user_attrs.get("fail_reason") or f"{LOST} (no heartbeat)"),
-                    again)
+            reason = trial.user_attrs.get(names.FAIL_REASON) or f"{LOST} (no heartbeat)"
+            handler(trial, str(reason), again)
 
     return callback

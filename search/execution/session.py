@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 import spaces
 from objectives.data import Task
 from objectives.interrupts import check_stop
+from search.core import names
 from search.core.errors import DeviceFailed, TrackingLost, UsageError, first_line
 from search.core.runtime import (
     device_tags,
@@ -37,7 +38,6 @@ from search.study import lookup as studies
 from search.study import narrowing as narrowing_module
 from search.study import warmstart
 from search.study.optuna_study import (
-    OVER_BUDGET,
     Budget,
     OverBudget,
     committed_count,
@@ -128,9 +128,9 @@ class Search:
 
         def objective(trial: optuna.Trial) -> float:
             if over_budget(trial.study, trial.number, self.budget):
-                trial.set_user_attr("fail_reason", OVER_BUDGET)
+                trial.set_user_attr(names.FAIL_REASON, names.OVER_BUDGET)
                 trial.study.stop()
-                raise OverBudget(OVER_BUDGET)
+                raise OverBudget(names.OVER_BUDGET)
             return runner(trial)
 
         try:
@@ -365,7 +365,7 @@ def open_search(options: SearchOptions) -> Search:
                                                        for k, v in narrowing.pinned.items()})
     for key, value in attrs.items():
         optuna_study.set_user_attr(key, value)
-    budget = trials or optuna_study.user_attrs.get("budget") or spec.trials
+    budget = trials or optuna_study.user_attrs.get(names.BUDGET) or spec.trials
     if balance is not None:
         budget = balance_module.budget(balance, budget)
         optuna_study.set_user_attr(balance_module.BALANCE, balance.param)
@@ -378,7 +378,7 @@ def open_search(options: SearchOptions) -> Search:
         optuna_study.set_user_attr(grid_module.GRID, grid.axes)
         if worker is None:  # the launcher queued them before its workers started
             grid_module.enqueue(optuna_study, grid.points)
-    optuna_study.set_user_attr("budget", budget)
+    optuna_study.set_user_attr(names.BUDGET, budget)
     try:
         tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
                           artifact_location=stores.artifact_location,
@@ -403,10 +403,10 @@ def open_search(options: SearchOptions) -> Search:
     if fixed.teacher:
         params["teacher"] = fixed.teacher
     parent = tracker.study_run(
-        run_id=optuna_study.user_attrs.get("mlflow_parent_run_id"), name=name, params=params,
+        run_id=optuna_study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID), name=name, params=params,
         tags=run_tags,
     )
-    optuna_study.set_user_attr("mlflow_parent_run_id", parent)
+    optuna_study.set_user_attr(names.MLFLOW_PARENT_RUN_ID, parent)
     spec = dataclasses.replace(spec, space=narrowing.apply(spec.space))
     search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
                     metrics=metrics,

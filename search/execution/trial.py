@@ -21,6 +21,7 @@ from objectives.interrupts import check_stop
 from objectives.losses import LOSS_PARAMS
 from objectives.metrics import per_class_recall
 from objectives.train import DivergedError, fine_tune
+from search.core import names
 from search.execution import recovery
 from search.tracking.artifacts import log_evaluation, log_model
 
@@ -76,10 +77,10 @@ class Outcome:
     def record(self, trial: optuna.Trial, run: TrialRun) -> None:
         tags = dict(self.tags)
         if self.reason is not None:
-            trial.set_user_attr("fail_reason", self.reason)
+            trial.set_user_attr(names.FAIL_REASON, self.reason)
             tags["optuna.fail_reason"] = self.reason
         if self.pruned_epoch is not None:
-            trial.set_user_attr("pruned_epoch", self.pruned_epoch)
+            trial.set_user_attr(names.PRUNED_EPOCH, self.pruned_epoch)
             tags["optuna.pruned_epoch"] = str(self.pruned_epoch)
         run.finish(self.state, tags=tags, metrics=self.metrics, killed=self.killed)
 
@@ -138,10 +139,10 @@ class TrialRunner:
         if first is None:
             return state, {}
         tags = {"search.retry_of_trial": str(first)}
-        lost_run = state.user_attrs.get("mlflow_run_id")  # copied from the lost trial
+        lost_run = state.user_attrs.get(names.MLFLOW_RUN_ID)  # copied from the lost trial
         if lost_run:
             tags["search.retry_of_run"] = str(lost_run)
-        trial.set_user_attr("fail_reason", None)  # the lost trial's, copied by the retry
+        trial.set_user_attr(names.FAIL_REASON, None)  # the lost trial's, copied by the retry
         return state, tags
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -151,8 +152,8 @@ class TrialRunner:
             # Ctrl-C or SIGTERM (a preempted job), wherever it lands in the trial: the trial
             # fails as "interrupted", and its retry, queued now, resumes from the checkpoint
             # when the search runs again.
-            if trial.user_attrs.get("fail_reason") != recovery.INTERRUPTED:
-                trial.set_user_attr("fail_reason", recovery.INTERRUPTED)
+            if trial.user_attrs.get(names.FAIL_REASON) != recovery.INTERRUPTED:
+                trial.set_user_attr(names.FAIL_REASON, recovery.INTERRUPTED)
             recovery.retry(trial.study, recovery.frozen(trial))
             raise
 
@@ -209,15 +210,15 @@ class TrialRunner:
     def _compile_status(trial: optuna.Trial, run: TrialRun, compiled: float) -> None:
         """Record once (and again if it changes) whether the trial ran compiled."""
         status = "compiled" if compiled else COMPILE_FALLBACK
-        if trial.user_attrs.get("compile") != status:
-            trial.set_user_attr("compile", status)
+        if trial.user_attrs.get(names.COMPILE) != status:
+            trial.set_user_attr(names.COMPILE, status)
             run.set_tags({"search.compile": status})
 
     @staticmethod
     def _link(trial: optuna.Trial, run: TrialRun) -> None:
         """Store the trial's MLflow run id in Optuna, once (at the latest as the trial ends)."""
         if not run.linked and run.run_id is not None:
-            trial.set_user_attr("mlflow_run_id", run.run_id)
+            trial.set_user_attr(names.MLFLOW_RUN_ID, run.run_id)
             run.linked = True
 
     def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
@@ -254,9 +255,9 @@ class TrialRunner:
             tags["search.resumed_from_epoch"] = str(result.resumed_from)
         final = {f"final_{m}": v for m, v in zip(self.objective_metrics, values, strict=True)}
         if result.val_logits is not None and result.val_targets is not None:
-            names = self.task.data.class_names
-            recalls = per_class_recall(result.val_logits, result.val_targets, len(names))
-            final.update({f"val_recall/{n}": r for n, r in zip(names, recalls, strict=True)})
+            classes = self.task.data.class_names
+            recalls = per_class_recall(result.val_logits, result.val_targets, len(classes))
+            final.update({f"val_recall/{n}": r for n, r in zip(classes, recalls, strict=True)})
         Outcome("COMPLETE", tags=tags, metrics=final).record(trial, run)
         return values[0] if len(values) == 1 else tuple(values)  # type: ignore[return-value]
 

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from search.core import names
 from search.core.errors import UsageError, first_line
 from search.review.verdict import (
     METRICS,
@@ -46,7 +47,7 @@ class Plan:
 
 def plan(study: optuna.Study, spec: Any, *, by: str, seeds: int) -> Plan:
     """Which trials to refit; a study without the parameter or a completed trial is one line."""
-    from search.report import pick_target
+    from search.study.target import pick_target
 
     _, target = pick_target(study, spec.metric)
     families = family_trials(study, by)
@@ -87,7 +88,7 @@ def run(plan: Plan, fit: Fit, study: optuna.Study, *, base_seed: int,
     rows = table_rows(record)
     from rich.console import Console
 
-    from search.report import make_table
+    from search.review.report import make_table
 
     Console(width=None if sys.stdout.isatty() else 160).print(make_table(
         f"{plan.by} families, each best trial refit with {len(seeds)} seeds: mean ± 95% "
@@ -149,7 +150,7 @@ def _log(study: optuna.Study, rows: Sequence[list[Any]], by: str, stores: Any) -
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in r) + " |" for r in cells]
     (folder / f"per_family_{by}.md").write_text("\n".join(lines) + "\n")
-    parent = study.user_attrs.get("mlflow_parent_run_id")
+    parent = study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID)
     if not parent:
         return f"written to {folder}/ (the study has no MLflow run to log them to)"
     try:

@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.core.names import REFITS  # noqa: F401 (re-exported)
 from search.study.display import describe_params
 
-REFITS = "family_refits"  # study attr prefix: f"{REFITS}:{by}" holds a --per-family refit
 METRICS = ("test_accuracy", "test_macro_f1", "test_ece", "test_corruption_accuracy")
 BASELINE = {"loss": "cross_entropy", "penalty": "none"}  # what a margin is measured against
 

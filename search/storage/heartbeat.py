@@ -24,6 +24,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from search.core import names
+
 BEAT = "heartbeat"  # trial system attribute: the time of the last beat (seconds since epoch)
 LOST = "worker lost (no heartbeat)"
 
@@ -72,7 +74,7 @@ def mark_lost(storage: BaseStorage, trial_ids: list[int]) -> list[int]:
     and a finished trial's attributes no longer change."""
     for trial_id in trial_ids:
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", LOST)
+            storage.set_trial_user_attr(trial_id, names.FAIL_REASON, LOST)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker was first
     return trial_ids

@@ -28,12 +28,12 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from search.core.errors import UsageError
+from search.core.names import BALANCE  # noqa: F401 (re-exported)
 from search.study.narrowing import Narrowing, parameters
 
 if TYPE_CHECKING:
     import spaces
 
-BALANCE = "balance"  # study attr: the parameter whose families are balanced
 FAMILIES = ("loss", "penalty")  # what --balance takes
 FIXED = "fixed_params"  # Optuna's own system attr for enqueued parameters
 

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from search.core import names
+
 
 @functools.cache
 def _loss_params() -> dict[str, str]:
@@ -82,12 +84,13 @@ class ProgressDisplay:
         self.counts[state] += 1
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         if trial.state == TrialState.COMPLETE:
-            names = self.metric.split(",")
-            outcome = " ".join(f"{m}={v:.4f}" for m, v in zip(names, trial.values, strict=False))
+            metric_names = self.metric.split(",")
+            outcome = " ".join(f"{m}={v:.4f}"
+                               for m, v in zip(metric_names, trial.values, strict=False))
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at epoch {trial.user_attrs.get('pruned_epoch', '?')}"
         else:
-            outcome = trial.user_attrs.get("fail_reason", "failed")
+            outcome = trial.user_attrs.get(names.FAIL_REASON, "failed")
         best = best_trial(study)
         best_text = f"best {best.values[0]:.4f} (#{best.number})" if best else "no best yet"
         self.console.print(

@@ -26,7 +26,12 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from objectives.config import TrialConfig
+from search.core import names
 from search.core.errors import UsageError
+from search.core.names import (
+    EXHAUSTED,
+    GRID,  # noqa: F401 (re-exported)
+)
 from search.study.narrowing import (
     Narrowing,
     StandIn,
@@ -38,8 +43,6 @@ from search.study.narrowing import (
 if TYPE_CHECKING:
     import spaces
 
-GRID = "grid"  # study attr: {name: [values]} as asked
-EXHAUSTED = "grid exhausted: every point was taken by another worker"
 
 
 class GridDone(Exception):
@@ -146,7 +149,7 @@ def only_queued(study: optuna.Study) -> None:
             raise GridDone
         trial = ask(fixed_distributions)
         if "fixed_params" not in trial.study._storage.get_trial_system_attrs(trial._trial_id):
-            trial.set_user_attr("fail_reason", EXHAUSTED)
+            trial.set_user_attr(names.FAIL_REASON, EXHAUSTED)
             study.tell(trial, state=TrialState.FAIL)
             raise GridDone
         return trial

@@ -9,8 +9,7 @@ from typing import Any
 
 import spaces
 from search.core.errors import UsageError
-
-REFERENCE = "study_ref"  # study attr: the file (absolute) or module:NAME the space came from
+from search.core.names import REFERENCE  # noqa: F401 (re-exported)
 
 
 def find(study: str, *, storage: str, name: str | None = None) -> spaces.Study:
@@ -23,7 +22,7 @@ def find(study: str, *, storage: str, name: str | None = None) -> spaces.Study:
         if spaces.is_reference(study):
             raise UsageError(str(e)) from None
         unknown = str(e)
-    from search.report import load  # reads the storage without creating anything
+    from search.storage.reading import load  # reads the storage without creating anything
 
     try:
         reference = load(storage, name or study, study).user_attrs.get(REFERENCE)

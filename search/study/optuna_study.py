@@ -111,7 +111,6 @@ def committed_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
-OVER_BUDGET = "over budget: the study's last trial went to another worker"
 
 
 class OverBudget(Exception):

@@ -198,7 +198,7 @@ def gather(*, enqueue_from: str | None, enqueue: str | Path | None, sampler: str
     sources = []
     if enqueue_from:
         from search.core.urls import mask_url
-        from search.report import load  # reads without creating anything
+        from search.storage.reading import load  # reads without creating anything
 
         source, _, count = enqueue_from.rpartition(":")
         if not (source and count.isdigit() and int(count) > 0):

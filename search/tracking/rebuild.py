@@ -15,8 +15,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
-from search.execution import recovery
-from search.study.optuna_study import OVER_BUDGET
+from search.core import names
 from search.tracking.tracker import MAX_PARAM_LENGTH
 
 ENDED_BY = "search.sync"  # the search.ended_by tag of a run this ended
@@ -74,7 +73,7 @@ def find_parent(study: optuna.Study, client: MlflowClient, experiment_id: str, *
     In order: the run in the study's `mlflow_parent_run_id` if still active, else the oldest
     active run tagged as the study's, else a new one; its id is stored back in the study.
     """
-    stored, name = study.user_attrs.get("mlflow_parent_run_id"), study.study_name
+    stored, name = study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID), study.study_name
     run = _get_run(client, stored, experiment_id) if stored else None
     if run is None:
         found = sorted((r for r in _search(client, experiment_id, "tags.`search.role` = 'study'")
@@ -90,10 +89,11 @@ def find_parent(study: optuna.Study, client: MlflowClient, experiment_id: str, *
                                            "teacher") if attrs.get(k) is not None}}
         run = client.create_run(experiment_id, run_name=name, tags={
             "search.role": "study", "optuna.study_name": name, "search.backfilled": "true",
-            **({"search.budget": str(attrs["budget"])} if "budget" in attrs else {}), **tags})
+            **({"search.budget": str(attrs[names.BUDGET])} if names.BUDGET in attrs else {}),
+            **tags})
         _log(client, run.info.run_id, params=params)
     if run.info.run_id != stored:
-        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+        study.set_user_attr(names.MLFLOW_PARENT_RUN_ID, run.info.run_id)
     return run.info.run_id, rebuilt
 
 
@@ -122,7 +122,8 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
     ago are skipped (their live writer may be behind), except those numbered in `fresh`.
     """
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=FINISHED)
-              if t.user_attrs.get("fail_reason") != OVER_BUDGET}  # never ran: nothing to track
+              # over budget: never ran, nothing to track
+              if t.user_attrs.get(names.FAIL_REASON) != names.OVER_BUDGET}
     now = datetime.now()
     runs: dict[int, list[Run]] = {}
     for run in _search(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
@@ -130,8 +131,9 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
         if tag.isdigit():
             runs.setdefault(int(tag), []).append(run)
     report = SyncReport(study.study_name, finished=len(trials), settle_seconds=settle_seconds)
-    retries = {t.system_attrs["retry_history"][-1]: t.number  # retried trial -> its retry
-               for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")}
+    retries = {t.system_attrs[names.RETRY_HISTORY][-1]: t.number  # retried trial -> its retry
+               for t in study.get_trials(deepcopy=False)
+               if t.system_attrs.get(names.RETRY_HISTORY)}
     for number, trial in sorted(trials.items()):
         done = trial.datetime_complete
         if (number not in fresh and done is not None
@@ -139,7 +141,7 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
             report.missing += number not in runs
             continue
         if number not in runs:  # a run made under another parent, by the trial's writer
-            linked = _get_run(client, trial.user_attrs.get("mlflow_run_id"), experiment_id)
+            linked = _get_run(client, trial.user_attrs.get(names.MLFLOW_RUN_ID), experiment_id)
             if linked is not None and linked.data.tags.get("optuna.trial_number") == str(number):
                 client.set_tag(linked.info.run_id, "mlflow.parentRunId", parent_run_id)
                 runs[number] = [linked]
@@ -163,7 +165,7 @@ def _rebuild(client: MlflowClient, name: str, trial: FrozenTrial, experiment_id:
             "optuna.study_name": name,
             **_state_tags(trial, retries), "search.backfilled": "true",
             "search.tracking.artifacts": NO_ARTIFACTS}
-    first = recovery.retry_of(trial)
+    first = names.retry_of(trial)
     if first is not None:
         tags["search.retry_of_trial"] = str(first)
     run_id = client.create_run(experiment_id, start_time=_ms(trial.datetime_start),
@@ -194,16 +196,17 @@ def _state_tags(trial: FrozenTrial, retries: dict[int, int]) -> dict[str, str]:
     if trial.number in retries:  # as search.tracking.end_lost_run links a lost trial
         tags["search.retried_by_trial"] = str(retries[trial.number])
     if trial.state == TrialState.FAIL:
-        tags["optuna.fail_reason"] = str(trial.user_attrs.get("fail_reason") or "unknown")
-    if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned_epoch") is not None:
-        tags["optuna.pruned_epoch"] = str(trial.user_attrs["pruned_epoch"])
+        tags["optuna.fail_reason"] = str(trial.user_attrs.get(names.FAIL_REASON) or "unknown")
+    if trial.state == TrialState.PRUNED and trial.user_attrs.get(names.PRUNED_EPOCH) is not None:
+        tags["optuna.pruned_epoch"] = str(trial.user_attrs[names.PRUNED_EPOCH])
     return tags
 
 
 def _status(trial: FrozenTrial) -> str:
     if trial.state != TrialState.FAIL:
         return "FINISHED"
-    return "KILLED" if trial.user_attrs.get("fail_reason") == recovery.INTERRUPTED else "FAILED"
+    interrupted = trial.user_attrs.get(names.FAIL_REASON) == names.INTERRUPTED
+    return "KILLED" if interrupted else "FAILED"
 
 
 def _final(trial: FrozenTrial, metrics: tuple[str, ...]) -> list[Metric]:

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from search.core import names
 from search.tracking.writer import Writer, create_run, log_artifacts
 
 if TYPE_CHECKING:
@@ -258,7 +259,7 @@ def end_lost_run(client: MlflowClient, experiment_id: str | None, trial: FrozenT
     """
     number = str(trial.number)
     try:
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_id = trial.user_attrs.get(names.MLFLOW_RUN_ID)
         # A retry starts with a copy of the lost trial's run id: only its own counts.
         runs = [client.get_run(run_id)] if run_id else []
         runs = [r for r in runs if r.data.tags.get("optuna.trial_number") == number]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search.execution import forked
+from search.core import process
 
 # A request: (sequence number, ticket or None, what, run key or None, fn, args, kwargs).
 # fn(client, run_id_or_None, *args, **kwargs); a ticket asks for the result back.
@@ -251,7 +251,7 @@ class Writer:
         # shares the MLflow pages the forkserver imported (a spawned writer holds ~200 MB of
         # its own), and what it inherits it never touches (it ends with os._exit, closing none
         # of the worker's connections).
-        forking = self._generation == 0 and forked.IN_WORKER and threading.active_count() == 1
+        forking = self._generation == 0 and process.IN_WORKER and threading.active_count() == 1
         context = multiprocessing.get_context("fork" if forking else "spawn")
         self._requests = context.Queue()
         self._replies = context.Queue()

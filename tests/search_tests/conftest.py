@@ -9,7 +9,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from objectives.digits import load_digits_task
-from search.study.optuna_study import OVER_BUDGET
+from search.core.names import OVER_BUDGET
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from search import run as search_run
 from search.execution.forked import ForkedProcess, stop_forkserver
 from search.execution.launch import Worker, plan_workers
 
@@ -30,7 +31,7 @@ def test_a_forked_worker_has_search_runs_status_output_and_environment(tmp_path:
     log = tmp_path / "worker-0.log"
     env = {**os.environ, **plan_workers(workers=2, gpus=None, trials_per_gpu=1)[0]}
     with forkserver():
-        worker = ForkedProcess(["--study", "no-such-study"], env, log)
+        worker = ForkedProcess(search_run.main, ["--study", "no-such-study"], env, log)
         assert worker.wait(120) == 2  # bad input, as search.run exits on it
     assert worker.poll() == 2 and worker.returncode == 2
     lines = log.read_text().splitlines()
@@ -43,7 +44,8 @@ def test_a_killed_forked_worker_reads_as_a_killed_process(tmp_path: Path) -> Non
     log = tmp_path / "worker-0.log"
     # A SIGKILL at any point of the worker's life reads as -9, as Popen's returncode does.
     with forkserver():
-        worker = ForkedProcess(["--study", "curves", "--trials", "1000", "--time-scale", "1",
+        worker = ForkedProcess(search_run.main,
+                               ["--study", "curves", "--trials", "1000", "--time-scale", "1",
                                 "--storage", str(tmp_path / "optuna.journal"),
                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
                                {**os.environ}, log)
@@ -58,11 +60,11 @@ def test_the_launcher_forks_cpu_workers_and_starts_gpu_workers_cold(
 ) -> None:
     started: list[str] = []
     monkeypatch.setattr("search.execution.launch.ForkedProcess",
-                        lambda argv, env, log: started.append("forked"))
+                        lambda main, argv, env, log: started.append("forked"))
     monkeypatch.setattr("search.execution.launch.subprocess.Popen",
                         lambda *args, **kwargs: started.append("cold"))
     cpu = plan_workers(workers=1, gpus=None, trials_per_gpu=1)[0]
     gpu = plan_workers(workers=None, gpus=["0"], trials_per_gpu=1)[0]
-    Worker(0, {**os.environ, **cpu}, tmp_path / "a.log").start([])
-    Worker(1, {**os.environ, **gpu}, tmp_path / "b.log").start([])
+    Worker(0, {**os.environ, **cpu}, tmp_path / "a.log", main=search_run.main).start([])
+    Worker(1, {**os.environ, **gpu}, tmp_path / "b.log", main=search_run.main).start([])
     assert started == ["forked", "cold"]

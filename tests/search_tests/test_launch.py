@@ -18,6 +18,7 @@ from rich.console import Console
 
 import spaces
 from search.core.runtime import MEMORY_FRACTION_ENV
+from search.execution.driver import choose_gpus, run
 from search.execution.launch import (
     Worker,
     _unless_storage_down,
@@ -26,7 +27,7 @@ from search.execution.launch import (
     plan_workers,
 )
 from search.execution.session import Search, SearchOptions, open_search
-from search.run import choose_gpus, main, run
+from search.run import main
 from search.study.display import ProgressDisplay
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers

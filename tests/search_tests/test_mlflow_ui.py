@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from search.bench.servers import mlflow_server
 from search.run import main
 from tests.search_tests.conftest import client, runs
-from tests.servers import mlflow_server
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 

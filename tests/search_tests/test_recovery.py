@@ -182,7 +182,7 @@ def test_a_sigterm_to_a_search_stays_asked_until_the_next_search() -> None:
     import signal
 
     from objectives.interrupts import check_stop, clear_stop
-    from search.run import _interrupt_on_sigterm
+    from search.execution.driver import _interrupt_on_sigterm
 
     before = signal.getsignal(signal.SIGTERM)
     try:

@@ -19,9 +19,10 @@ from objectives.corruptions import CORRUPTIONS, SEVERITIES
 from objectives.data import ImageData, Split, Task
 from objectives.digits import load_digits_task
 from objectives.train import fine_tune
-from search import refit as refit_module
 from search.core import runtime
-from search.refit import _run_tags, evaluate, main
+from search.refit import main
+from search.review import refit as refit_module
+from search.review.refit import _run_tags, evaluate
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
 from tests.support import Untouchable, with_test

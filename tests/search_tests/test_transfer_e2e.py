@@ -16,11 +16,11 @@ from optuna.trial import TrialState
 
 from objectives.data import Task
 from objectives.datasets import CIFAR10_CLASSES
-from search import refit as refit_module
 from search.bench.suite import main as bench_main
 from search.core import runtime
 from search.refit import main as refit_main
 from search.report import main as report_main
+from search.review import refit as refit_module
 from search.run import main
 from tests.fake_data import write_image_folder
 from tests.search_tests.conftest import load_study, runs

@@ -18,9 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.storage.optuna_storage import open_storage
-from tests.search_tests.conftest import client, ran, runs
-from tests.servers import (
+from search.bench.servers import (
     PostgresServer,
     RedisServer,
     postgres_available,
@@ -28,6 +26,8 @@ from tests.servers import (
     redis_available,
     redis_server,
 )
+from search.storage.optuna_storage import open_storage
+from tests.search_tests.conftest import client, ran, runs
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
@@ -339,7 +339,7 @@ def test_two_nodes_on_postgres_and_an_mlflow_server(workdir: Path, postgres: Pos
     # the study and its parent run.
     from mlflow import MlflowClient
 
-    from tests.servers import mlflow_server
+    from search.bench.servers import mlflow_server
 
     name = "digits-nodes"
     with mlflow_server(tmp_path / "mlflow") as server:

@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL and Redis servers for tests, started from Debian's binaries.
+"""Throwaway PostgreSQL, Redis and MLflow servers for the benchmarks and the tests, started from
+Debian's binaries.
 
 Each server is our own: a fresh data directory, a free port on 127.0.0.1 (never 5432 or 6379,
 whatever already runs on this machine), listening on loopback only, stopped when the context

@@ -1,0 +1,41 @@
+"""The vocabulary of what a search writes on Optuna's trials and studies, each name spelled once.
+
+Every module that reads or writes one of these attributes, or compares a trial's failure reason,
+takes the name from here: a search, its workers, the report, the MLflow rebuild and the
+benchmarks read each other's records only through them.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial
+
+# Trial user attributes.
+FAIL_REASON = "fail_reason"  # why a trial failed (or was pruned by the search, not the pruner)
+WORKER = "worker"  # "node:pid" of the process running the trial
+PRUNED_EPOCH = "pruned_epoch"  # the epoch a pruned trial stopped after
+COMPILE = "compile"  # whether the trial's model stayed compiled, or how it fell back
+MLFLOW_RUN_ID = "mlflow_run_id"  # the trial's MLflow run
+# Trial system attributes Optuna's retry callback writes.
+RETRY_OF = "failed_trial"  # on a retry: the first trial of its chain
+RETRY_HISTORY = "retry_history"  # on a retry: every trial it retries, oldest first
+
+# Study user attributes.
+MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow run
+BUDGET = "budget"  # the trials the study is to finish, across every worker and node
+SPACE = "space"  # the name of the study the space came from (a shipped or own study)
+BALANCE = "balance"  # the parameter whose families are balanced
+GRID = "grid"  # {name: [values]} as asked
+REFERENCE = "study_ref"  # the file (absolute) or module:NAME the space came from
+REFITS = "family_refits"  # prefix: f"{REFITS}:{by}" holds a --per-family refit
+
+# Failure reasons that mean something to the search itself.
+LOST = "worker lost"
+INTERRUPTED = "interrupted"
+OVER_BUDGET = "over budget: the study's last trial went to another worker"
+EXHAUSTED = "grid exhausted: every point was taken by another worker"
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial this one retries (the first of the chain), or None."""
+    first = trial.system_attrs.get(RETRY_OF)
+    return int(first) if first is not None else None

@@ -1,0 +1,25 @@
+"""Reading a study back from its storage, for a command that must not create one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from search.core.errors import UsageError
+from search.core.urls import mask_url, scheme, sqlite_file
+from search.storage.optuna_storage import open_storage
+
+
+def load(storage: str, name: str, study: str) -> optuna.Study:
+    """The study, read without writing: a missing journal or SQLite file is not created."""
+    missing = UsageError(f"no study {name!r} in {mask_url(storage)}: run python -m search.run "
+                         f"--study {study}" + (f" --name {name}" if name != study else "")
+                         + " first")
+    path = sqlite_file(storage) if scheme(storage) else storage  # a file, or a server's URL
+    if path not in (None, "", ":memory:") and not Path(path).is_file():
+        raise missing  # rather than let Optuna create an empty journal or database
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        raise missing from None
