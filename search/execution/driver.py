@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.execution.session import SearchOptions
+    from rich.console import Console
+
+    from search.execution.launch import Outcome
+    from search.execution.session import Search, SearchOptions
 
 PROG = "search.run"  # the command a search is driven by, in what it prints
 
@@ -68,13 +71,12 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
          worker_main: WorkerMain | None, **asked: Any) -> int:
     from rich.console import Console
 
-    from search.core.errors import EXIT_TRACKING_LOST, DeviceFailed, TrackingLost
+    from search.core.errors import DeviceFailed, TrackingLost
     from search.core.urls import mask_url
     from search.execution.forked import stop_forkserver
     from search.execution.launch import Outcome, launch, physical_gpus, plan_workers
     from search.execution.session import SearchOptions, open_search
-    from search.storage.stores import ui_command
-    from search.study.display import ProgressDisplay, leaderboard, state_summary
+    from search.study.display import ProgressDisplay
 
     options = SearchOptions(**asked)
     _interrupt_on_sigterm()
@@ -90,6 +92,8 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
         # Before anything starts CUDA (which reads the variable once): this process alone.
         os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpus(gpus)[0]
     search = open_search(dataclasses.replace(options, load_device="cpu" if many else None))
+    for note in search.notes:
+        print(note)
     # Logs and CI have no terminal: keep table rows whole rather than 80 columns wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
     name = search.study.study_name
@@ -120,6 +124,17 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
             status = "KILLED"
         for error in search.close(status=status):
             console.print(f"warning: {error}", markup=False, highlight=False)
+    return _ending(search, outcome, console, started)
+
+
+def _ending(search: Search, outcome: Outcome, console: Console, started: float) -> int:
+    """What a search prints as it ends (the leaderboard, the states, how to review it, what
+    went wrong), and its exit status."""
+    from search.core.errors import EXIT_TRACKING_LOST
+    from search.storage.stores import ui_command
+    from search.study.display import leaderboard, state_summary
+
+    name = search.study.study_name
     finished = search.finished
     console.print(leaderboard(search.study, metric=",".join(search.metrics)))
     console.print(f"{state_summary(search.study)}; {finished} of {search.budget} finished in "

@@ -9,7 +9,6 @@ import dataclasses
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -48,7 +47,8 @@ from search.study.optuna_study import (
     over_budget,
     state_counts,
 )
-from search.study.settings import RESOLUTION_SEARCH, StudySettings, reconcile
+from search.study.plan import Plan, SearchOptions, Stored, plan, study_name
+from search.study.settings import RESOLUTION_SEARCH
 from search.tracking import Tracker
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -82,6 +82,7 @@ class Search:
     fixed: tuple[str, ...] = ()  # parameters held at one value (--fix): tagged on every run
     grid: bool = False  # runs the queued points of --grid only
     balance: balance_module.Balance | None = None  # --balance: each family its share of trials
+    notes: list[str] = field(default_factory=list)  # what the command tells its user as it opens
 
     @property
     def epochs(self) -> int:
@@ -220,44 +221,16 @@ class Search:
                 "have no artifacts)")
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """What a search is asked to do: search.run's options, typed (the CLI builds this record;
-    the benchmarks and tests build it too). See `open_search` for what they mean."""
+class LostRuns:
+    """Who ends the MLflow run of a trial that Optuna's heartbeat fails as lost: the search, once
+    it exists. The storage holds the heartbeat's callback and is opened before the search (and
+    its tracker) exists, so the callback asks this object each time."""
 
-    study: str
-    name: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    trials: int | None = None
-    epochs: int | None = None
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    seed: int | None = None
-    device: str = "auto"
-    data_dir: str | Path | None = None
-    backbone: str | None = None
-    weights: str | Path | None = None
-    pretrained: bool = True
-    resolution: int | str | None = None
-    compile: bool = False
-    heartbeat: int = 30
-    checkpoint_every: float = 30.0
-    objectives: Sequence[str] | None = None
-    teacher: str | None = None
-    teacher_arch: str | None = None
-    fix: Sequence[tuple[str, str]] = ()  # --fix NAME=VALUE, as (name, value text)
-    choices: Sequence[tuple[str, str]] = ()  # --choices NAME=A,B, as (name, "A,B")
-    grid: Sequence[tuple[str, str]] = ()  # --grid NAME=A,B, with sampler "grid"
-    enqueue_from: str | None = None  # STUDY[:K]: warm start from another study's best
-    enqueue_storage: str | None = None  # that study's storage (default: this one's)
-    enqueue: str | Path | None = None  # a JSON file of configurations to try first
-    balance: str | None = None  # "loss" or "penalty": every family the same number of trials
-    time_scale: float | None = None  # a simulating study's sleep per simulated second
-    # How this process takes part, set by search.run rather than asked for by the user.
-    load_device: str | None = None
-    owner: bool = True
-    worker: int | None = None
+    def __init__(self) -> None:
+        self.search: Search | None = None
+
+    def __call__(self) -> recovery.OnLost | None:
+        return self.search.end_lost_run if self.search is not None else None
 
 
 def open_search(options: SearchOptions) -> Search:
@@ -271,114 +244,103 @@ def open_search(options: SearchOptions) -> Search:
     `objectives` (names of OBJECTIVES) makes a multi-objective study; default: the study's
     metric alone. `teacher` (an MLflow model URI, or a state dict file with `teacher_arch`)
     adds the distill loss to the space, so such a study is named apart: `<study>-distill`.
-    """
-    # The options as the names this function has always used (some are refined below).
-    study, name, storage, tracking_uri = (options.study, options.name, options.storage,
-                                          options.tracking_uri)
-    trials, epochs, sampler, pruner, seed = (options.trials, options.epochs, options.sampler,
-                                             options.pruner, options.seed)
-    device, data_dir, backbone, weights, pretrained, resolution = (
-        options.device, options.data_dir, options.backbone, options.weights, options.pretrained,
-        options.resolution)
-    objectives, teacher, teacher_arch = options.objectives, options.teacher, options.teacher_arch
-    load_device, worker = options.load_device, options.worker
-    stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
-    if worker is None:  # a launcher's workers follow its check
-        stores_module.check_tracking_store(stores.tracking_uri)
-    spec = studies.find(study, storage=stores.storage, name=name)
-    _check_applies(spec, data_dir=data_dir, backbone=backbone, weights=weights,
-                   pretrained=pretrained, resolution=resolution, time_scale=options.time_scale)
-    quiet_libraries()
-    device = pick_device(device)
-    if teacher_arch is not None and teacher is None:
-        raise UsageError("--teacher-arch goes with --teacher PATH: give the teacher too")
-    # A teacher changes the loss choices, which an Optuna study cannot change: its own study.
-    name = name or (f"{spec.name}-distill" if teacher else spec.name)
-    seed = spec.seed if seed is None else seed
-    lost_handler: list[Any] = []  # the search's, once it exists (see recovery)
-    storage_obj = open_storage(
-        stores.storage, heartbeat=options.heartbeat,
-        on_stale=recovery.stale_trial_callback(lambda: lost_handler[0] if lost_handler else None),
-    )
-    teacher_spec = mask_url(teacher) if teacher else None
-    requested: dict[str, Any] = {"epochs": epochs,
-                                 "objectives": ",".join(objectives) if objectives else None,
-                                 "teacher": teacher_spec}
-    defaults: dict[str, Any] = {"epochs": spec.epochs, "objectives": None, "teacher": None}
-    if spec.backbone is not None:
-        requested.update(backbone=backbone, resolution=resolution,
-                         init=_init(weights, pretrained) if weights or not pretrained else None)
-        defaults.update(backbone=spec.backbone, init="imagenet",
-                        resolution=RESOLUTION_SEARCH if spec.resolution is None
-                        else spec.resolution)
-    stored, existing = _stored(storage_obj, name)
-    studies.check_same(stored, study, name=name)
-    fixed = StudySettings.from_attrs(
-        {**reconcile(stored, requested, defaults, name=name, trials=existing),
-         "space": spec.name, "seed": seed, "teacher_arch": teacher_arch}, spec)
-    metrics, directions = _objectives(spec, fixed.objectives, sampler)
-    if fixed.init == "file" and weights is None:
-        raise UsageError(f"study {name!r} was created with a weights file: give --weights PATH "
-                         "again to resume it")
-    if fixed.teacher and not teacher:
-        raise UsageError(f"study {name!r} distils from teacher {fixed.teacher}: give "
-                         "--teacher (and --teacher-arch) again to resume it")
-    settings = fixed.trial_settings()
-    narrowing = narrowing_module.for_study(spec, settings, stored, existing, fix=options.fix,
-                                           choices=options.choices, name=name)
-    grid = grid_module.for_study(spec, settings, narrowing, stored, sampler=sampler,
-                                 asked=options.grid, trials=trials, name=name)
-    balance = balance_module.for_study(spec, settings, narrowing, stored, existing,
-                                       asked=options.balance, grid=grid is not None, name=name)
-    warm = warmstart.gather(
-        enqueue_from=options.enqueue_from, enqueue=options.enqueue, sampler=sampler,
-        storage=options.enqueue_storage, default_storage=stores.storage,
-        space=lambda: narrowing_module.parameters(narrowing.apply(spec.space), settings))
-    task_options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir,
-                                      weights=weights, time_scale=options.time_scale)
-    task = load_task(spec, task_options, load_device or device)  # bad input: exit 2, nothing made
-    teacher_model = None
-    if teacher is not None:  # checked here too: a bad teacher is exit 2 before any trial
-        from search.study import teacher as teacher_module
+    What the command is to tell its user comes back as the search's `notes`.
 
-        teacher_model = teacher_module.load(
-            teacher, arch=teacher_arch, task=task, tracking_uri=stores.client_uri,
-            resolution=settings.resolution or 0)
+    The steps: check the options against the study's space; read what the storage holds;
+    make the plan (search.study.plan, no I/O); load the data and teacher; create the Optuna
+    study from the plan; open its MLflow run; fail the trials a search killed earlier left.
+    """
+    stores = stores_module.resolve(storage=options.storage, tracking_uri=options.tracking_uri)
+    if options.worker is None:  # a launcher's workers follow its check
+        stores_module.check_tracking_store(stores.tracking_uri)
+    spec = studies.find(options.study, storage=stores.storage, name=options.name)
+    _check_applies(spec, data_dir=options.data_dir, backbone=options.backbone,
+                   weights=options.weights, pretrained=options.pretrained,
+                   resolution=options.resolution, time_scale=options.time_scale)
+    quiet_libraries()
+    device = pick_device(options.device)
+    if options.teacher_arch is not None and options.teacher is None:
+        raise UsageError("--teacher-arch goes with --teacher PATH: give the teacher too")
+    name = study_name(options, spec)
+    lost = LostRuns()
+    storage = open_storage(stores.storage, heartbeat=options.heartbeat,
+                           on_stale=recovery.stale_trial_callback(lost))
+    stored = _stored(storage, name)
+    studies.check_same(stored.attrs, options.study, name=name)
+    planned = plan(options, spec, stored, reference=studies.reference(options.study))
+    warm = warmstart.gather(
+        enqueue_from=options.enqueue_from, enqueue=options.enqueue, sampler=options.sampler,
+        storage=options.enqueue_storage, default_storage=stores.storage,
+        space=lambda: narrowing_module.parameters(planned.narrowing.apply(spec.space),
+                                                  planned.settings))
+    task_options = planned.fixed.task_options(spec, cache_dir=stores.cache_dir,
+                                              data_dir=options.data_dir,
+                                              weights=options.weights,
+                                              time_scale=options.time_scale)
+    # Bad input (missing or corrupt data, a bad teacher): exit 2 before any trial.
+    task = load_task(spec, task_options, options.load_device or device)
+    teacher = _teacher(options, task, stores, planned.settings)
+    study = _create_study(planned, storage, options, existing=stored.trials)
+    tracker, parent, run_tags = _study_run(planned, spec, study, options, stores, device)
+    search = Search(spec=dataclasses.replace(spec, space=planned.narrowing.apply(spec.space)),
+                    study=study, stores=stores, tracker=tracker, metrics=planned.metrics,
+                    parent_run_id=parent, budget=planned.budget, settings=planned.settings,
+                    options=task_options, device=device, compile=options.compile,
+                    run_tags=run_tags, owner=options.owner,
+                    checkpoint_seconds=options.checkpoint_every, teacher=teacher,
+                    fixed=tuple(planned.narrowing.fixed), grid=planned.grid is not None,
+                    balance=planned.balance, notes=list(planned.notes))
+    if warm is not None and options.worker is None:  # a launcher's workers: it enqueued them
+        queued = warmstart.enqueue(study, warm.configs)
+        search.notes.append(f"warm start: {queued} configuration{'s' * (queued != 1)} queued "
+                            "to run first" + (f" ({warm.note})" if warm.note else ""))
+    lost.search = search
+    search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
+    return search
+
+
+def _teacher(options: SearchOptions, task: Task, stores: stores_module.Stores,
+             settings: spaces.Settings) -> Any:
+    """A distilling study's teacher, loaded (and so checked) before any trial; else None."""
+    if options.teacher is None:
+        return None
+    from search.study import teacher as teacher_module
+
+    return teacher_module.load(options.teacher, arch=options.teacher_arch, task=task,
+                               tracking_uri=stores.client_uri,
+                               resolution=settings.resolution or 0)
+
+
+def _create_study(planned: Plan, storage: Any, options: SearchOptions, *,
+                  existing: int) -> optuna.Study:
+    """The Optuna study of the plan, with its sampler, pruner and attributes."""
     # A resumed search must not replay the first run's random draws: offset the sampler's
     # seed by the trials already there (deterministic, and different on every resume); and
     # workers started together must not draw the same configs: offset by who they are.
-    if worker is not None:
-        existing += zlib.crc32(f"{recovery.node()}:{worker}".encode()) % 1_000_003
-    optuna_study = open_study(
-        name=name, storage=storage_obj, directions=directions,
-        sampler=make_sampler(sampler, seed + existing),
+    if options.worker is not None:
+        existing += zlib.crc32(f"{recovery.node()}:{options.worker}".encode()) % 1_000_003
+    epochs = planned.settings.epochs
+    study = open_study(
+        name=planned.name, storage=storage, directions=planned.directions,
+        sampler=make_sampler(options.sampler, planned.seed + existing),
         # Optuna prunes single-objective studies only: a multi-objective one trains every
         # trial to its last epoch.
         pruner=balance_module.pruner(
-            make_pruner(pruner if len(metrics) == 1 else "none", epochs=settings.epochs),
-            balance, epochs=settings.epochs),
+            make_pruner(options.pruner if len(planned.metrics) == 1 else "none", epochs=epochs),
+            planned.balance, epochs=epochs),
     )
-    attrs = fixed.attrs(image=spec.backbone is not None)  # search.refit reads them back
-    if studies.reference(study):
-        attrs[studies.REFERENCE] = studies.reference(study)
-    attrs.update(narrowing=narrowing.asked(), choices={k: list(v)
-                                                       for k, v in narrowing.pinned.items()})
-    for key, value in attrs.items():
-        optuna_study.set_user_attr(key, value)
-    budget = trials or optuna_study.user_attrs.get(names.BUDGET) or spec.trials
-    if balance is not None:
-        budget = balance_module.budget(balance, budget)
-        optuna_study.set_user_attr(balance_module.BALANCE, balance.param)
-        if worker is None:
-            print(f"balanced over {len(balance.families)} {balance.param} families: "
-                  f"{balance.per_family(budget)} trial{'s' * (balance.per_family(budget) != 1)} "
-                  f"each (budget {budget})")
-    if grid is not None:
-        budget = len(grid.points)
-        optuna_study.set_user_attr(grid_module.GRID, grid.axes)
-        if worker is None:  # the launcher queued them before its workers started
-            grid_module.enqueue(optuna_study, grid.points)
-    optuna_study.set_user_attr(names.BUDGET, budget)
+    for key, value in planned.attrs.items():
+        study.set_user_attr(key, value)
+    if planned.grid is not None and options.worker is None:
+        grid_module.enqueue(study, planned.grid.points)  # before the launcher's workers start
+    return study
+
+
+def _study_run(planned: Plan, spec: spaces.Study, study: optuna.Study, options: SearchOptions,
+               stores: stores_module.Stores, device: str) -> tuple[Tracker, str, dict[str, str]]:
+    """The study's tracker, its MLflow parent run (found again on a resume) and that run's
+    tags."""
+    name = planned.name
     try:
         tracker = Tracker(tracking_uri=stores.client_uri, experiment=name,
                           artifact_location=stores.artifact_location,
@@ -387,65 +349,26 @@ def open_search(options: SearchOptions) -> Search:
         reason = mask_text(first_line(e), stores.tracking_uri)
         raise UsageError(f"cannot open tracking store {mask_url(stores.tracking_uri)!r}: "
                          f"{reason}") from None
-    run_tags = {"search.sampler": sampler, "search.pruner": pruner, "search.budget": str(budget),
+    run_tags = {"search.sampler": options.sampler, "search.pruner": options.pruner,
+                "search.budget": str(planned.budget),
                 "search.storage": mask_url(stores.storage), "search.device": device,
                 "optuna.study_name": name, "search.role": "study"}
     run_tags.update({f"search.{k}": v for k, v in device_tags(device).items()})
-    if narrowing:
-        run_tags["search.narrowing"] = narrowing.describe()
-    if balance is not None:
-        run_tags["search.balance"] = balance.param
-    params: dict[str, Any] = {"study": spec.name, "epochs": settings.epochs, "seed": seed,
-                              "metric": ",".join(metrics),
-                              "direction": ",".join(directions)}
+    if planned.narrowing:
+        run_tags["search.narrowing"] = planned.narrowing.describe()
+    if planned.balance is not None:
+        run_tags["search.balance"] = planned.balance.param
+    params: dict[str, Any] = {"study": spec.name, "epochs": planned.settings.epochs,
+                              "seed": planned.seed, "metric": ",".join(planned.metrics),
+                              "direction": ",".join(planned.directions)}
     if spec.backbone is not None:
-        params.update({k: attrs[k] for k in ("backbone", "resolution", "init")})
-    if fixed.teacher:
-        params["teacher"] = fixed.teacher
-    parent = tracker.study_run(
-        run_id=optuna_study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID), name=name, params=params,
-        tags=run_tags,
-    )
-    optuna_study.set_user_attr(names.MLFLOW_PARENT_RUN_ID, parent)
-    spec = dataclasses.replace(spec, space=narrowing.apply(spec.space))
-    search = Search(spec=spec, study=optuna_study, stores=stores, tracker=tracker,
-                    metrics=metrics,
-                    parent_run_id=parent, budget=budget, settings=settings, options=task_options,
-                    device=device, compile=options.compile, run_tags=run_tags,
-                    owner=options.owner, checkpoint_seconds=options.checkpoint_every,
-                    teacher=teacher_model, fixed=tuple(narrowing.fixed),
-                    grid=grid is not None, balance=balance)
-    if warm is not None and worker is None:  # a launcher's workers: it enqueued them
-        queued = warmstart.enqueue(optuna_study, warm.configs)
-        print(f"warm start: {queued} configuration{'s' * (queued != 1)} queued to run first"
-              + (f" ({warm.note})" if warm.note else ""))
-    lost_handler.append(search.end_lost_run)
-    search.fail_lost_trials()  # a search killed earlier on this host left them RUNNING
-    return search
-
-
-def _objectives(spec: spaces.Study, names: Sequence[str],
-                sampler: str) -> tuple[tuple[str, ...], list[str]]:
-    """The metrics a trial returns and their directions."""
-    from search.study.optuna_study import OBJECTIVES
-
-    if not names:
-        return (spec.metric,), [spec.direction]
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or len(set(names)) != len(names):
-        raise UsageError(f"--objectives takes distinct names among {', '.join(OBJECTIVES)}, "
-                         f"got {','.join(names)}")
-    if len(names) > 1 and sampler == "cmaes":
-        raise UsageError("the cmaes sampler optimizes one objective: use tpe, random or gp "
-                         "with several --objectives")
-    return tuple(OBJECTIVES[n][0] for n in names), [OBJECTIVES[n][1] for n in names]
-
-
-def _init(weights: str | Path | None, pretrained: bool) -> str:
-    """Where a backbone's initial weights come from, as a study setting."""
-    if weights is not None:
-        return "file"
-    return "imagenet" if pretrained else "random"
+        params.update({k: planned.attrs[k] for k in ("backbone", "resolution", "init")})
+    if planned.fixed.teacher:
+        params["teacher"] = planned.fixed.teacher
+    parent = tracker.study_run(run_id=study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID),
+                               name=name, params=params, tags=run_tags)
+    study.set_user_attr(names.MLFLOW_PARENT_RUN_ID, parent)
+    return tracker, parent, run_tags
 
 
 def _check_applies(spec: spaces.Study, *, data_dir: Any, backbone: Any, weights: Any,
@@ -501,13 +424,13 @@ class _FailureGuard:
                 study.stop()
 
 
-def _stored(storage: Any, name: str) -> tuple[dict[str, Any] | None, int]:
+def _stored(storage: Any, name: str) -> Stored:
     """Study `name`'s attrs and its number of trials; (None, 0) for a new study."""
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        return None, 0
-    return existing.user_attrs, len(existing.get_trials(deepcopy=False))
+        return Stored(None, 0)
+    return Stored(existing.user_attrs, len(existing.get_trials(deepcopy=False)))
 
 
 def _summary(study: optuna.Study) -> dict[str, float]:

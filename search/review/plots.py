@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from search.study import balance
+from search.study.display import best_of, final_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,24 +47,11 @@ def draw_family_plots(study: optuna.Study, folder: Path, *, metric: str, maximiz
 
 
 def family_of(trial: FrozenTrial, family: str) -> str:
-    value = trial.params.get(family)
+    """The trial's family as a plot labels it (search.study.balance says what it is)."""
+    value = balance.family_of(trial, family)
     return NO_FAMILY if value is None else str(value)
 
 
-def final_value(trial: FrozenTrial, index: int) -> float | None:
-    """`values[index]` of a completed trial; None for any other trial or a value not finite."""
-    if trial.state != TrialState.COMPLETE or not trial.values or len(trial.values) <= index:
-        return None
-    value = trial.values[index]
-    return value if math.isfinite(value) else None
-
-
-def best_trial(trials: Iterable[FrozenTrial], index: int, maximize: bool) -> FrozenTrial | None:
-    scored = [(v, t) for t in trials if (v := final_value(t, index)) is not None]
-    if not scored:
-        return None
-    pick = max if maximize else min  # the first of equal values: the lowest trial number
-    return pick(scored, key=lambda pair: pair[0])[1]
 
 
 def palette(study: optuna.Study, family: str) -> dict[str, str]:
@@ -91,7 +80,7 @@ def curves_figures(study: optuna.Study, *, metric: str, maximize: bool, index: i
     counts: dict[str, int] = {}
     for t in trials:
         counts[family_of(t, family)] = counts.get(family_of(t, family), 0) + 1
-    best = best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), index,
+    best = best_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), index,
                       maximize)
     best = best if best and best.intermediate_values else None  # no curve to draw
     title = f"{metric} per epoch, coloured by {family}"

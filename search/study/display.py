@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -108,15 +110,33 @@ class ProgressDisplay:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best trial; of a multi-objective study, the best on its first objective."""
+    """The best trial; of a multi-objective study, the best of its Pareto front on its first
+    objective."""
     if len(study.directions) > 1:
-        front = study.best_trials
-        reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        return sorted(front, key=lambda t: t.values[0], reverse=reverse)[0] if front else None
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        return best_of(study.best_trials, 0, maximize)
     try:
-        return study.best_trial
+        return study.best_trial  # one ordered query on a database
     except ValueError:
         return None
+
+
+def best_of(trials: Iterable[FrozenTrial], index: int, maximize: bool) -> FrozenTrial | None:
+    """The trial with the best finite `values[index]` among the completed `trials` (the first
+    of equal values), or None."""
+    scored = [(v, t) for t in trials if (v := final_value(t, index)) is not None]
+    if not scored:
+        return None
+    pick = max if maximize else min  # the first of equal values: the lowest trial number
+    return pick(scored, key=lambda pair: pair[0])[1]
+
+
+def final_value(trial: FrozenTrial, index: int) -> float | None:
+    """`values[index]` of a completed trial; None for any other trial or a value not finite."""
+    if trial.state != TrialState.COMPLETE or not trial.values or len(trial.values) <= index:
+        return None
+    value = trial.values[index]
+    return value if math.isfinite(value) else None
 
 
 def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:

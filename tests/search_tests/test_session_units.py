@@ -8,13 +8,14 @@ import pytest
 
 import spaces
 from search.core.errors import UsageError, first_line
-from search.execution.session import _init, _objectives, _stored
+from search.execution.session import _stored
+from search.study.plan import initial_weights, objectives
 
 
 def test_a_study_optimizes_its_own_metric_unless_objectives_are_given() -> None:
     spec = spaces.get_study("digits")
-    assert _objectives(spec, (), "tpe") == ((spec.metric,), [spec.direction])
-    assert _objectives(spec, ("accuracy", "ece"), "tpe") == (
+    assert objectives(spec, (), "tpe") == ((spec.metric,), [spec.direction])
+    assert objectives(spec, ("accuracy", "ece"), "tpe") == (
         ("val_accuracy", "val_ece"), ["maximize", "minimize"])
 
 
@@ -27,14 +28,14 @@ def test_a_study_optimizes_its_own_metric_unless_objectives_are_given() -> None:
 def test_objectives_that_cannot_be_optimized_are_refused(names: tuple[str, ...], sampler: str,
                                                          refusal: str) -> None:
     with pytest.raises(UsageError) as refused:
-        _objectives(spaces.get_study("digits"), names, sampler)
+        objectives(spaces.get_study("digits"), names, sampler)
     assert str(refused.value).startswith(refusal)
 
 
 def test_the_initial_weights_a_study_records() -> None:
-    assert _init("resnet18.pt", True) == "file"
-    assert _init(None, False) == "random"
-    assert _init(None, True) == "imagenet"
+    assert initial_weights("resnet18.pt", True) == "file"
+    assert initial_weights(None, False) == "random"
+    assert initial_weights(None, True) == "imagenet"
 
 
 def test_what_an_existing_study_holds() -> None:
