@@ -130,9 +130,12 @@ def store_parser() -> argparse.ArgumentParser:
                             "alone, lists the studies there are")
     group.add_argument("--name", default=None,
                        help="name of the Optuna study and MLflow experiment (default: the study)")
+    # The kinds of storage are search.storage.schemes' list, which core cannot import: the help
+    # points at README.md's table, which tests/search_tests/test_storage_schemes.py keeps equal.
     group.add_argument("--storage", default=None,
-                       help="Optuna storage: a journal file path (default mlruns/optuna.journal), "
-                            "sqlite:///FILE, postgresql://..., mysql://... or redis://...")
+                       help="Optuna storage: a journal file path (default mlruns/optuna.journal) "
+                            "or a storage URL, of a kind README.md lists in 'Where a search "
+                            "keeps its record'")
     group.add_argument("--tracking-uri", default=None,
                        help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db, artifacts "
                             "under mlruns/artifacts)")

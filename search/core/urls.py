@@ -1,7 +1,8 @@
 """Storage and tracking URLs: their scheme, a SQLite URL's file, and their secrets masked.
 
-The one place that reads a URL's form: Optuna's storage (search.storage.optuna_storage), the
-stores a search uses (search.storage.stores) and the report's read-only open all ask here.
+The one place that reads a URL's form: the kinds of Optuna storage (search.storage.schemes,
+which says which schemes are whose), the stores a search uses (search.storage.stores) and the
+report's read-only open all ask here.
 Secrets in URLs are never printed or logged.
 """
 

@@ -1,58 +1,44 @@
-"""Optuna storages by URL: a journal file (default), an RDB (SQLite, PostgreSQL, MySQL), Redis."""
+"""Optuna storages by URL, of the kinds search.storage.schemes declares: a journal file (the
+default), an RDB, a journal on a server."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial
 
 from search.core.errors import UsageError, first_line
-from search.core.urls import mask_text, mask_url, scheme
+from search.core.urls import mask_text, mask_url
+from search.storage import schemes
 from search.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
-
-RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
-REDIS_SCHEMES = ("redis", "rediss")
 
 
 def open_storage(url: str, *, heartbeat: int | None = None,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
                  ) -> BaseStorage:
-    """The Optuna storage behind `url`: a journal file path, an RDB URL or a redis:// URL.
+    """The Optuna storage behind `url`: a journal file path or a URL, of a kind in
+    search.storage.schemes.
 
     `heartbeat` (seconds) turns on Optuna's heartbeat: a trial whose worker stops beating for
     twice that long is failed by the next worker that starts a trial (or a launcher's next
     look), and `on_stale` is called with it (to queue its retry). Optuna beats on an RDB; on
     the journal (a file, Redis) search.storage.heartbeat adds the same protocol.
     """
-    kind = scheme(url)
     try:
-        if kind in RDB_SCHEMES:
-            # pool_pre_ping survives a restarted database server (connections are checked).
-            engine_kwargs = {} if kind == "sqlite" else {"pool_pre_ping": True}
-            beat: dict[str, Any] = {}
-            if heartbeat:
-                beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                        "heartbeat_stale_trial_callback": on_stale}
-            return _rdb_storage(HeartbeatRDBStorage if heartbeat else RDBStorage, url,
-                                engine_kwargs=engine_kwargs, **beat)
-        if kind in REDIS_SCHEMES:
-            return _journal(JournalRedisBackend(url), heartbeat, on_stale)
-        if kind:
-            raise UsageError(
-                f"unsupported storage URL {mask_url(url)!r}: use a journal file path, "
-                "sqlite:///FILE, postgresql://, mysql:// or redis://"
-            )
-        path = Path(url)
-        if path.is_dir():
-            raise UsageError(f"storage {url!r} is a folder: give a journal file path inside it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _journal(JournalFileBackend(str(path)), heartbeat, on_stale)
+        kind = schemes.find(url)
+        if kind.journal is not None:
+            return _journal(kind.journal(url), heartbeat, on_stale)
+        beat: dict[str, Any] = {}
+        if heartbeat:
+            beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                    "heartbeat_stale_trial_callback": on_stale}
+        return _rdb_storage(HeartbeatRDBStorage if heartbeat else RDBStorage, url,
+                            engine_kwargs=dict(kind.engine_kwargs), **beat)
     except UsageError:
         raise
     except ImportError as e:
@@ -91,12 +77,8 @@ def _rdb_storage(cls: type[RDBStorage], url: str, **kwargs: Any) -> RDBStorage:
 
 def unavailable(error: BaseException) -> bool:
     """Whether `error` says the storage did not answer (a database restarting, a network
-    blip), as opposed to a bug: Optuna's own storage error, a socket's, or Redis' (whose
-    errors are classes of its own, and whose package is only there when Redis is used)."""
+    blip), as opposed to a bug: Optuna's own storage error, a socket's, or a driver's whose
+    errors are classes of its own (Redis'), as search.storage.schemes names them."""
     if isinstance(error, (optuna.exceptions.StorageInternalError, OSError)):
         return True
-    try:
-        from redis.exceptions import RedisError
-    except ImportError:
-        return False
-    return isinstance(error, RedisError)
+    return any(isinstance(error, kind.unavailable_errors()) for kind in schemes.SCHEMES)

@@ -7,7 +7,8 @@ from pathlib import Path
 import optuna
 
 from search.core.errors import UsageError
-from search.core.urls import mask_url, scheme, sqlite_file
+from search.core.urls import mask_url
+from search.storage import schemes
 from search.storage.optuna_storage import open_storage
 
 
@@ -16,7 +17,7 @@ def load(storage: str, name: str, study: str) -> optuna.Study:
     missing = UsageError(f"no study {name!r} in {mask_url(storage)}: run python -m search.run "
                          f"--study {study}" + (f" --name {name}" if name != study else "")
                          + " first")
-    path = sqlite_file(storage) if scheme(storage) else storage  # a file, or a server's URL
+    path = schemes.find(storage).local_file(storage)  # a file, or None on a server
     if path not in (None, "", ":memory:") and not Path(path).is_file():
         raise missing  # rather than let Optuna create an empty journal or database
     try:
