@@ -317,9 +317,9 @@ LOSS_PARAMS: dict[str, tuple[LossParam, ...]] = {n: c.params for n, c in ALL_LOS
 def build_loss(name: str, **params: float) -> nn.Module:
     """Instantiate the loss registered as ``name`` with its keyword options.
 
-    Options: label_smoothing(epsilon), focal(gamma), huber(delta), kl(epsilon),
-    distill(alpha, temperature; its base is cross-entropy: objectives.train.build_criterion
-    builds another); the others take none. Options left out get the class defaults.
+    Options: the ``arg`` of each parameter the loss declares in ``params`` (``LOSS_PARAMS``:
+    focal's gamma, say); a loss that declares none takes none. Distill's base is cross-entropy
+    (objectives.train.build_criterion builds another). Options left out get the class defaults.
     """
     try:
         cls = ALL_LOSSES[name]

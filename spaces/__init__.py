@@ -24,6 +24,9 @@ from spaces.mnist import FASHION_MNIST, MNIST
 from spaces.registry import canonical, from_entry_point, installed, is_reference, load_reference
 from spaces.vision import image_study
 
+# The shipped studies, each from its module here. Written out, not discovered: this order is that
+# of the lists the command line prints (tests/spaces_tests/test_registry.py checks that every
+# study a module of spaces/ defines is here).
 STUDIES: dict[str, Study] = {
     study.name: study
     for study in (DIGITS, CIFAR10, CIFAR10_TRANSFER, CIFAR100, MNIST, FASHION_MNIST, IMAGEFOLDER,

@@ -54,7 +54,7 @@ def test_hand_computed_value() -> None:
     assert alone.item() == pytest.approx(4 * kl / 2, rel=1e-6)  # T^2 * batch-mean KL
 
 
-@pytest.mark.parametrize("base", ["cross_entropy", "focal", "label_smoothing", "huber", "kl"])
+@pytest.mark.parametrize("base", LOSS_NAMES)
 def test_alpha_zero_is_the_base_loss(base: str) -> None:
     torch.manual_seed(0)
     logits, teacher = torch.randn(6, 5), torch.randn(6, 5) * 3

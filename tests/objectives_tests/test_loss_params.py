@@ -52,10 +52,23 @@ def test_loss_params_pinned() -> None:
     expected = {"label_smoothing": {"epsilon": 0.2}, "focal": {"gamma": 3.5},
                 "huber": {"delta": 0.05}, "kl": {"epsilon": 0.15},
                 "distill": {"alpha": 0.3, "temperature": 2.5}}
-    for name in ALL_LOSSES:
-        assert config.loss_params(name) == expected.get(name, {})
-        assert config.replace(loss=name).loss_params() == expected.get(name, {})
+    for name, params in expected.items():  # the shipped losses' fields and arguments stay
+        assert config.loss_params(name) == params
+        assert config.replace(loss=name).loss_params() == params
     assert config.loss_params("nope") == {}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_a_loss_gets_its_declared_fields_and_no_other(name: str) -> None:
+    # A value of its own for every declared field, none of them a default: each loss must read
+    # exactly its own fields, under its constructor's argument names.
+    values = {p.field: p.low + (p.high - p.low) * (i + 1) / (len(DECLARED) + 2)
+              for i, (_, p) in enumerate(DECLARED)}
+    assert all(v != FIELDS[f].default for f, v in values.items())
+    config = TrialConfig(**values)
+    expected = {p.arg: values[p.field] for p in LOSS_PARAMS[name]}
+    assert config.loss_params(name) == expected
+    assert config.replace(loss=name).loss_params() == expected
 
 
 @pytest.mark.parametrize("field", ["no_such_field", "loss", "batch_size"])

@@ -16,8 +16,8 @@ from tests.support import one_error_line
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--study", "nope"], "unknown study 'nope'; known studies: cifar10, cifar10-transfer, "
-                               "cifar100, curves, digits, fashion_mnist, imagefolder, mnist"),
+        (["--study", "nope"], "unknown study 'nope'; known studies: "
+                              + ", ".join(sorted(importlib.import_module("spaces").STUDIES))),
         (["--study", "digits", "--sampler", "bogus"], "invalid choice: 'bogus'"),
         (["--study", "digits", "--pruner", "bogus"], "invalid choice: 'bogus'"),
         (["--study", "digits", "--trials", "0"], "--trials: must be a positive integer, got 0"),

@@ -6,6 +6,8 @@ from search.execution.trial import CONDITIONAL
 
 
 def test_the_conditional_fields() -> None:
-    assert CONDITIONAL == {"label_smoothing", "focal_gamma", "huber_delta", "kl_smoothing",
-                           "penalty_lambda", "momentum", "nesterov", "distill_alpha",
-                           "distill_temperature", "distill_base"}
+    from objectives.losses import LOSS_PARAMS
+
+    declared = {p.field for params in LOSS_PARAMS.values() for p in params}
+    assert {"focal_gamma", "distill_alpha"} <= declared
+    assert CONDITIONAL == {*declared, "penalty_lambda", "momentum", "nesterov", "distill_base"}

@@ -8,23 +8,26 @@ import pytest
 import torch
 
 from objectives.config import TrialConfig
-from objectives.losses import LOSS_NAMES, build_loss
+from objectives.losses import LOSS_NAMES, LOSS_PARAMS, build_loss
 from objectives.optim import OPTIMIZERS, build_optimizer
 from objectives.penalties import PENALTIES, build_penalty
 from spaces.base import Settings
 from spaces.digits import STUDY, space
 
-# The parameter each loss adds, and the TrialConfig field it sets.
-LOSS_PARAM = {
-    "label_smoothing": "label_smoothing",
-    "focal": "focal_gamma",
-    "huber": "huber_delta",
-    "kl": "kl_smoothing",
-}
-CONDITIONAL_LOSS_VALUES = {
-    "label_smoothing": 0.2, "focal_gamma": 3.5, "huber_delta": 0.05, "kl_smoothing": 0.15,
-}
 DEFAULTS = TrialConfig()
+# The parameters each loss that has some adds (from its declaration): the TrialConfig fields.
+LOSS_PARAM = {loss: tuple(p.field for p in LOSS_PARAMS[loss])
+              for loss in LOSS_NAMES if LOSS_PARAMS[loss]}
+# A value of its own for each of them, inside its range and not its default.
+_DECLARED = [p for loss in LOSS_PARAM for p in LOSS_PARAMS[loss]]
+CONDITIONAL_LOSS_VALUES = {p.field: p.low + (p.high - p.low) * (i + 1) / (len(_DECLARED) + 1)
+                           for i, p in enumerate(_DECLARED)}
+
+
+def test_the_loss_parameter_values_are_distinct_and_not_defaults() -> None:
+    assert LOSS_PARAM  # the losses with a parameter, which the tests below go over
+    assert len(set(CONDITIONAL_LOSS_VALUES.values())) == len(CONDITIONAL_LOSS_VALUES)
+    assert all(v != getattr(DEFAULTS, f) for f, v in CONDITIONAL_LOSS_VALUES.items())
 
 
 def _params(**changes: Any) -> dict[str, Any]:
@@ -78,25 +81,22 @@ def test_every_loss_and_only_its_parameter(loss: str) -> None:
     # Offer every conditional value: only the one that belongs to `loss` may be used.
     config, trial = _suggest(_params(loss=loss, **CONDITIONAL_LOSS_VALUES))
     assert config.loss == loss
-    own = LOSS_PARAM.get(loss)
-    for name in LOSS_PARAM.values():
-        if name == own:
+    own = LOSS_PARAM.get(loss, ())
+    for name in CONDITIONAL_LOSS_VALUES:
+        if name in own:
             assert trial.params[name] == CONDITIONAL_LOSS_VALUES[name]
             assert getattr(config, name) == CONDITIONAL_LOSS_VALUES[name]
         else:
             assert name not in trial.params
             assert getattr(config, name) == getattr(DEFAULTS, name)
-    expected = {} if own is None else {"label_smoothing": {"epsilon": 0.2},
-                                       "focal_gamma": {"gamma": 3.5},
-                                       "huber_delta": {"delta": 0.05},
-                                       "kl_smoothing": {"epsilon": 0.15}}[own]
+    expected = {p.arg: CONDITIONAL_LOSS_VALUES[p.field] for p in LOSS_PARAMS[loss]}
     assert config.loss_params() == expected
     build_loss(config.loss, **config.loss_params())  # the loss accepts what the space gives
 
 
 @pytest.mark.parametrize("loss", sorted(LOSS_PARAM))
 def test_conditional_loss_parameter_is_required_for_its_loss(loss: str) -> None:
-    with pytest.raises(ValueError, match=LOSS_PARAM[loss]):
+    with pytest.raises(ValueError, match=LOSS_PARAM[loss][0]):
         _suggest(_params(loss=loss))
 
 
@@ -200,10 +200,11 @@ def test_random_search_over_the_space() -> None:
     # Each loss's parameter appears exactly under that loss; momentum and nesterov likewise.
     for t, config in zip(study.trials, configs, strict=True):
         p = t.params
-        for loss, name in LOSS_PARAM.items():
-            assert (name in p) == (p["loss"] == loss), (loss, p)
-            if name in p:
-                assert getattr(config, name) == p[name]
+        for loss, names in LOSS_PARAM.items():
+            for name in names:
+                assert (name in p) == (p["loss"] == loss), (loss, p)
+                if name in p:
+                    assert getattr(config, name) == p[name]
         assert ("penalty_lambda" in p) == (p["penalty"] != "none")
         assert ("momentum" in p) == (p["optimizer"] in ("momentum", "rmsprop"))
         assert ("nesterov" in p) == (p["optimizer"] == "momentum")

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 
+import spaces
 from spaces import STUDIES, Study, get_study
 
 
@@ -18,6 +22,20 @@ def test_get_digits_study() -> None:
 def test_registry_keys_are_the_study_names() -> None:
     assert "digits" in STUDIES
     assert all(name == study.name for name, study in STUDIES.items())
+
+
+def test_every_study_a_module_of_spaces_defines_is_registered() -> None:
+    # A shipped study is its module under spaces/ and its line in spaces.STUDIES, whose order
+    # is that of the lists the command line prints: a module whose study is missing there fails.
+    defined: dict[str, Study] = {}
+    for info in pkgutil.iter_modules(spaces.__path__):
+        module = importlib.import_module(f"{spaces.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Study):
+                assert defined.setdefault(value.name, value) is value, f"two {value.name!r}"
+    assert {"digits", "mnist", "fashion_mnist", "curves"} <= set(defined)
+    assert set(STUDIES) == set(defined)
+    assert all(STUDIES[name] is study for name, study in defined.items())
 
 
 @pytest.mark.parametrize("name", ["cifar", "Digits", "", "digits "])
