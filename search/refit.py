@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from search.core.cli import Parser, invoke, positive_int, store_parser, teacher_parser
-from search.review.refit import refit
+from search.review.refit import RefitRequest, refit
 
 PROG = "search.refit"
 
@@ -50,7 +50,8 @@ def family_name(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    status, result = invoke(PROG, build_parser(), argv, refit)
+    status, result = invoke(PROG, build_parser(), argv,
+                            lambda **options: refit(RefitRequest(**options)))
     if result is None:  # --help, or an error already told
         return status
     if "families" in result:  # --per-family: search.review.family_refit printed its table

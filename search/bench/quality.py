@@ -94,7 +94,7 @@ def recipes(task: Any, *, seed: int, epochs: int, device: str) -> list[Row]:
 def search_and_refit(*, data_dir: Path, seed: int, folder: Path, trials: int | None,
                      epochs: int | None, device: str) -> tuple[Row, dict[str, float]]:
     """The default search in a child process, as a user runs it, then a refit of its best."""
-    from search.review.refit import refit
+    from search.review.refit import RefitRequest, refit
 
     command = [sys.executable, "-m", "search.run", "--study", STUDY, "--data-dir", str(data_dir),
                "--seed", str(seed), "--device", device]
@@ -111,7 +111,7 @@ def search_and_refit(*, data_dir: Path, seed: int, folder: Path, trials: int | N
         raise SystemExit(f"search.bench: error: the search of seed {seed} failed "
                          f"({result.returncode}): {result.stderr.strip()[-2000:]}")
     started = time.perf_counter()
-    refitted = refit(**_refit_options(data_dir, folder, seed), device=device)
+    refitted = refit(RefitRequest(**_refit_options(data_dir, folder, seed), device=device))
     seconds = time.perf_counter() - started
     best = _best_value(folder, seed)
     return (Row("search: best trial, refit", seed, best, refitted["metrics"],
@@ -135,12 +135,12 @@ def _best_value(folder: Path, seed: int) -> float:
 
 def families(*, data_dir: Path, seed: int, folder: Path, device: str) -> tuple[list[Row], float]:
     """The best trial of each loss family and of each penalty, refit with `seed` and tested."""
-    from search.review.refit import refit
+    from search.review.refit import RefitRequest, refit
 
     rows, started = [], time.perf_counter()
     for by in ("loss", "penalty"):
-        record = refit(**_refit_options(data_dir, folder, seed), device=device, per_family=by,
-                       seeds=1)
+        record = refit(RefitRequest(**_refit_options(data_dir, folder, seed), device=device,
+                                    per_family=by, seeds=1))
         for family, found in record["families"].items():
             rows.append(Row(f"best {by}={family}, refit", seed, None,
                             {m: found[m][0] for m in METRICS}, None,

@@ -219,7 +219,7 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
             for n, v in figures.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> Parser:
     parser = Parser(prog="search.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); default: all (gpu only "
@@ -256,20 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="of the gpu section's steps (auto: full on CUDA, small on a CPU)")
     group.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
                        help="time for all the gpu section's steps (default: the size's)")
-    args = parser.parse_args(argv)
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        print(f"search.bench: error: --data-dir {args.data_dir} is not a folder: give the "
-              "folder of CIFAR-10 (JPEG folders or cifar-10-batches-py/), or leave it out for "
-              "the throughput section's random images", file=sys.stderr)
-        return 2
-    if "quality" in (args.only or ()) and args.data_dir is None:
-        print("search.bench: error: --only quality needs --data-dir FOLDER, the folder of "
-              "CIFAR-10 (train/ and test/ JPEG folders, or cifar-10-batches-py/)",
-              file=sys.stderr)
-        return 2
-    seeds = args.seeds or [0, 1, 2]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        device = pick_device(args.device)
+        device = _check_options(args)
     except UsageError as e:
         print(f"search.bench: error: {e}", file=sys.stderr)
         return 2
@@ -277,86 +270,137 @@ def main(argv: list[str] | None = None) -> int:
     # 9 minutes to the other sections' 15.
     sections = args.only or [s for s in SECTIONS
                              if (s != "gpu" or device == "cuda") and s not in ON_REQUEST]
-    status = 0
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
-        workdir = Path(tmp)
-        if "overhead" in sections:
-            print(f"overhead: {args.trials} digits trials x {args.rounds} rounds", flush=True)
-            o = overhead(trials=args.trials, rounds=args.rounds, workdir=workdir)
-            print(f"overhead: {o['overhead_pct']:+.2f}% of trial time (median of {o['pairs']} "
-                  f"pairs, 95% interval {o['low_pct']:+.2f}% to {o['high_pct']:+.2f}%; trials "
-                  f"of {o['mean_trial_s']:.2f}s); totals: bare {o['bare_s']:.1f}s, "
-                  f"tracked {o['tracked_s']:.1f}s ({o['total_pct']:+.2f}%)  [target <= 2%]")
-            print(f"overhead: {o['extra_ms']:+.0f} ms a trial (median of the pairs' differences, "
-                  f"95% interval {o['extra_low_ms']:+.0f} to {o['extra_high_ms']:+.0f} ms)")
-        if "pruning" in sections:
-            from search.bench.pruning import STUDIES, compare, write
+        return _run_sections(sections, args, device, Path(tmp))
 
-            results = []
-            for study, default_seeds in STUDIES.items():
-                if args.pruning_study and study not in args.pruning_study:
-                    continue
-                chosen = args.seeds or list(range(default_seeds))
-                print(f"pruning: {study}, pruners at the epoch budget of the unpruned search, "
-                      f"seeds {_seeds_text(chosen)}", flush=True)
-                results.append(compare(study, seeds=chosen))
-            print("\n".join(write(results)))
-        if "quickstart" in sections:
-            print("quickstart: python -m search.run --study digits, fresh folder", flush=True)
-            q = quickstart(workdir=workdir)
-            print(f"quickstart: {q['seconds']:.0f}s, best val_accuracy {q['best']:.4f}  "
-                  "[target <= 180s, >= 0.97]")
-        if "throughput" in sections:
-            from search.bench.throughput import throughput
 
-            print("throughput: resnet18 at 32x32, batch 256, ours vs DataLoader + PIL",
-                  flush=True)
-            t = throughput(device="auto", data=args.data_dir)
-            print(f"throughput ({t['device']}): ours {t['ours_images_per_s']:.0f} images/s, "
-                  f"baseline {t['baseline_images_per_s']:.0f} images/s ({t['workers']} "
-                  f"workers), ratio {t['ratio']:.2f}x  [GPU targets: >= 5x, >= 25,000 "
-                  "images/s with bf16]")
-        if "workers" in sections:
-            print("workers: digits, the same 24 trials of 20 epochs, 1 and 2 worker processes "
-                  "of equal threads", flush=True)
-            w = workers(workdir=workdir)
-            one, two = w[1], w[2]
-            print(f"workers: 1 worker {one['per_minute']:.1f} trials/min "
-                  f"({one['per_minute_trials']:.1f} over the trials alone), 2 workers "
-                  f"{two['per_minute']:.1f} ({two['per_minute_trials']:.1f}); speed-up "
-                  f"{two['per_minute'] / one['per_minute']:.2f}x "
-                  f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
-                  "[target >= 1.8x]")
-        if "scale" in sections:
-            from search.bench.scale import run_all
-            from search.bench.scale import write as write_scale
+def _check_options(args: argparse.Namespace) -> str:
+    """The device of the gpu and quality sections (pick_device's); options that do not go
+    together, or a device that is not there, are a UsageError."""
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder: give the folder of "
+                         "CIFAR-10 (JPEG folders or cifar-10-batches-py/), or leave it out for "
+                         "the throughput section's random images")
+    if "quality" in (args.only or ()) and args.data_dir is None:
+        raise UsageError("--only quality needs --data-dir FOLDER, the folder of CIFAR-10 "
+                         "(train/ and test/ JPEG folders, or cifar-10-batches-py/)")
+    return pick_device(args.device)
 
-            print("scale: the curves study (no compute), worker counts "
-                  f"{','.join(map(str, args.scale_workers))}", flush=True)
-            found = run_all(workers=args.scale_workers, workdir=workdir / "scale",
-                            setups=tuple(args.scale_setup or SETUPS))
-            print(f"scale: table in {write_scale(found)}  [target at 64 workers on postgresql "
-                  "+ server: 0 errors, budget exact, <= 100 ms per trial, <= 10 ms per report]")
-        if "gpu" in sections:
-            from search.bench.gpu import run_gpu
 
-            size = args.size if args.size != "auto" else "full" if device == "cuda" else "small"
-            status = run_gpu(device=device, size=size, budget=args.budget,
-                             workdir=workdir / "gpu")
-        if "quality" in sections:
-            from search.bench.quality import quality, report
+def _run_sections(sections: list[str], args: argparse.Namespace, device: str,
+                  workdir: Path) -> int:
+    """Each chosen section in turn, in this order; the exit status (the gpu section's, or 2
+    when the quality section's data cannot be read)."""
+    status = 0
+    if "overhead" in sections:
+        _overhead_section(trials=args.trials, rounds=args.rounds, workdir=workdir)
+    if "pruning" in sections:
+        _pruning_section(studies=args.pruning_study, seeds=args.seeds)
+    if "quickstart" in sections:
+        _quickstart_section(workdir=workdir)
+    if "throughput" in sections:
+        _throughput_section(data_dir=args.data_dir)
+    if "workers" in sections:
+        _workers_section(workdir=workdir)
+    if "scale" in sections:
+        _scale_section(counts=args.scale_workers, setups=args.scale_setup, workdir=workdir)
+    if "gpu" in sections:
+        from search.bench.gpu import run_gpu
 
-            print(f"quality: cifar10-transfer, seeds {','.join(map(str, seeds))}: recipes, "
-                  "default search and refit", flush=True)
-            try:
-                result = quality(data_dir=args.data_dir, seeds=seeds, device=device,
-                                 trials=args.quality_trials, epochs=args.quality_epochs)
-            except InputError as e:
-                print(f"search.bench: error: {e}", file=sys.stderr)
-                return 2
-            report(result)
+        size = args.size if args.size != "auto" else "full" if device == "cuda" else "small"
+        status = run_gpu(device=device, size=size, budget=args.budget, workdir=workdir / "gpu")
+    if "quality" in sections and not _quality_section(args, device):
+        return 2
     return status
+
+
+def _overhead_section(*, trials: int, rounds: int, workdir: Path) -> None:
+    print(f"overhead: {trials} digits trials x {rounds} rounds", flush=True)
+    o = overhead(trials=trials, rounds=rounds, workdir=workdir)
+    print(f"overhead: {o['overhead_pct']:+.2f}% of trial time (median of {o['pairs']} "
+          f"pairs, 95% interval {o['low_pct']:+.2f}% to {o['high_pct']:+.2f}%; trials "
+          f"of {o['mean_trial_s']:.2f}s); totals: bare {o['bare_s']:.1f}s, "
+          f"tracked {o['tracked_s']:.1f}s ({o['total_pct']:+.2f}%)  [target <= 2%]")
+    print(f"overhead: {o['extra_ms']:+.0f} ms a trial (median of the pairs' differences, "
+          f"95% interval {o['extra_low_ms']:+.0f} to {o['extra_high_ms']:+.0f} ms)")
+
+
+def _pruning_section(*, studies: list[str] | None, seeds: list[int] | None) -> None:
+    """`studies` (default: all) with `seeds` (default: each study's count)."""
+    from search.bench.pruning import STUDIES, compare, write
+
+    results = []
+    for study, default_seeds in STUDIES.items():
+        if studies and study not in studies:
+            continue
+        chosen = seeds or list(range(default_seeds))
+        print(f"pruning: {study}, pruners at the epoch budget of the unpruned search, "
+              f"seeds {_seeds_text(chosen)}", flush=True)
+        results.append(compare(study, seeds=chosen))
+    print("\n".join(write(results)))
+
+
+def _quickstart_section(*, workdir: Path) -> None:
+    print("quickstart: python -m search.run --study digits, fresh folder", flush=True)
+    q = quickstart(workdir=workdir)
+    print(f"quickstart: {q['seconds']:.0f}s, best val_accuracy {q['best']:.4f}  "
+          "[target <= 180s, >= 0.97]")
+
+
+def _throughput_section(*, data_dir: Path | None) -> None:
+    from search.bench.throughput import Throughput, measure
+
+    print("throughput: resnet18 at 32x32, batch 256, ours vs DataLoader + PIL", flush=True)
+    t = measure(Throughput(device="auto", data=data_dir))
+    print(f"throughput ({t['device']}): ours {t['ours_images_per_s']:.0f} images/s, "
+          f"baseline {t['baseline_images_per_s']:.0f} images/s ({t['workers']} "
+          f"workers), ratio {t['ratio']:.2f}x  [GPU targets: >= 5x, >= 25,000 "
+          "images/s with bf16]")
+
+
+def _workers_section(*, workdir: Path) -> None:
+    print("workers: digits, the same 24 trials of 20 epochs, 1 and 2 worker processes "
+          "of equal threads", flush=True)
+    w = workers(workdir=workdir)
+    one, two = w[1], w[2]
+    print(f"workers: 1 worker {one['per_minute']:.1f} trials/min "
+          f"({one['per_minute_trials']:.1f} over the trials alone), 2 workers "
+          f"{two['per_minute']:.1f} ({two['per_minute_trials']:.1f}); speed-up "
+          f"{two['per_minute'] / one['per_minute']:.2f}x "
+          f"({two['per_minute_trials'] / one['per_minute_trials']:.2f}x)  "
+          "[target >= 1.8x]")
+
+
+def _scale_section(*, counts: tuple[int, ...], setups: list[str] | None,
+                   workdir: Path) -> None:
+    """`counts` workers on each of `setups` (default: all)."""
+    from search.bench.scale import SETUPS, run_all
+    from search.bench.scale import write as write_scale
+
+    print("scale: the curves study (no compute), worker counts "
+          f"{','.join(map(str, counts))}", flush=True)
+    found = run_all(workers=counts, workdir=workdir / "scale", setups=tuple(setups or SETUPS))
+    print(f"scale: table in {write_scale(found)}  [target at 64 workers on postgresql "
+          "+ server: 0 errors, budget exact, <= 100 ms per trial, <= 10 ms per report]")
+
+
+def _quality_section(args: argparse.Namespace, device: str) -> bool:
+    """The quality comparison and its report; False (after one line) when the data cannot be
+    read."""
+    from search.bench.quality import quality, report
+
+    seeds = args.seeds or [0, 1, 2]
+    print(f"quality: cifar10-transfer, seeds {','.join(map(str, seeds))}: recipes, "
+          "default search and refit", flush=True)
+    try:
+        result = quality(data_dir=args.data_dir, seeds=seeds, device=device,
+                         trials=args.quality_trials, epochs=args.quality_epochs)
+    except InputError as e:
+        print(f"search.bench: error: {e}", file=sys.stderr)
+        return False
+    report(result)
+    return True
 
 
 def _seeds_text(seeds: list[int]) -> str:

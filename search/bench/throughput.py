@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,28 +116,43 @@ def _baseline(config: TrialConfig, loader: DataLoader[Any], model: torch.nn.Modu
     return images / seconds, float((_weights(model) - before).abs().max()), images
 
 
-def throughput(
-    *, device: str, backbone: str = "resnet18", resolution: int = 32, batch_size: int = 256,
-    steps: int = 30, warmup: int = 5, rounds: int = 3, images: torch.Tensor | None = None,
-    workers: int | None = None, data: Path | None = None,
-) -> dict[str, Any]:
-    """Median training images/s of ours and the baseline, their ratio, and the settings.
+@dataclass(frozen=True)
+class Throughput:
+    """One measurement: `backbone` at `resolution`, `batch_size` images a step, `rounds` rounds
+    of `warmup` untimed then `steps` timed steps a side, on `device` (auto: CUDA when there).
 
     Images: `images` (uint8 (N, 3, H, W)), else the CIFAR-10 JPEGs in `data`, else random.
+    `workers` (the baseline's DataLoader's) defaults to one per core (`os.cpu_count()`), the
+    usual setting of a DataLoader on a GPU node, so the baseline's decoding is not starved."""
+
+    device: str
+    backbone: str = "resnet18"
+    resolution: int = 32
+    batch_size: int = 256
+    steps: int = 30
+    warmup: int = 5
+    rounds: int = 3
+    images: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    workers: int | None = None
+    data: Path | None = None
+
+
+def throughput(**options: Any) -> dict[str, Any]:
+    """`measure(Throughput(**options))`: the same keywords, for a caller that holds them."""
+    return measure(Throughput(**options))
+
+
+def measure(run: Throughput) -> dict[str, Any]:
+    """Median training images/s of ours and the baseline, their ratio, and the settings.
+
     `*_weight_change` and `*_images` (last round) show that the timed steps trained, and on how
-    many images. `workers` defaults to one per core (`os.cpu_count()`), the usual setting of a
-    DataLoader on a GPU node, so the baseline's decoding is not starved."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto"
-                       else device)
+    many images."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if run.device == "auto"
+                       else run.device)
     cuda = dev.type == "cuda"
-    if images is None and data is not None and data.is_dir():
-        x, y = load_images(data)
-    else:  # labels do not change the speed
-        x = images if images is not None else torch.randint(
-            0, 256, (PER_CLASS * CLASSES, 3, 32, 32), dtype=torch.uint8,
-            generator=torch.Generator().manual_seed(0))
-        y = torch.arange(len(x)) % CLASSES
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    x, y = _pool(run)
+    workers = (os.cpu_count() or 1) if run.workers is None else run.workers
+    batch_size, warmup = run.batch_size, run.warmup
 
     def split(count: int) -> Split:  # `count` images cycled from the pool
         index = torch.arange(count) % len(x)
@@ -147,13 +163,13 @@ def throughput(
         held = ImageData(split(count), tiny, tiny, tuple(map(str, range(CLASSES))),
                          IMAGENET_MEAN, IMAGENET_STD, crop_padding=4, flip=True)
         return Task("throughput", held,
-                    lambda seed: build_backbone(backbone, CLASSES, state=None, seed=seed))
+                    lambda seed: build_backbone(run.backbone, CLASSES, state=None, seed=seed))
 
     config = TrialConfig(loss="cross_entropy", optimizer="adamw", lr=1e-3, warmup_epochs=0.0,
-                         epochs=1, batch_size=batch_size, resolution=resolution, seed=0)
-    timed, warm = task(steps * batch_size), task(warmup * batch_size) if warmup else None
+                         epochs=1, batch_size=batch_size, resolution=run.resolution, seed=0)
+    timed, warm = task(run.steps * batch_size), task(warmup * batch_size) if warmup else None
     # One loader epoch is exactly warmup + steps batches, like ours' warm-up and timed epochs.
-    dataset = PilImages(split((warmup + steps) * batch_size), resolution)
+    dataset = PilImages(split((warmup + run.steps) * batch_size), run.resolution)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         pin_memory=cuda, drop_last=True, persistent_workers=workers > 0)
     model = timed.make_model(config.seed).to(dev)
@@ -163,16 +179,27 @@ def throughput(
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr,
                                 weight_decay=config.weight_decay, fused=cuda)
     runs: dict[str, list[Timing]] = {"ours": [], "baseline": []}
-    for r in range(rounds):
+    for r in range(run.rounds):
         for name in ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours"):
             runs[name].append(_ours(config, timed, warm, dev) if name == "ours" else
                               _baseline(config, loader, model, optimizer, dev, warmup))
     ours, baseline = (statistics.median(t[0] for t in runs[k]) for k in ("ours", "baseline"))
     return {"ours_images_per_s": ours, "baseline_images_per_s": baseline, "ratio": ours / baseline,
-            "ours_weight_change": runs["ours"][-1][1], "device": str(dev), "backbone": backbone,
-            "baseline_weight_change": runs["baseline"][-1][1], "resolution": resolution,
-            "ours_images": runs["ours"][-1][2], "baseline_images": runs["baseline"][-1][2],
-            "batch_size": batch_size, "workers": workers, "images": len(x)}
+            "ours_weight_change": runs["ours"][-1][1], "device": str(dev),
+            "backbone": run.backbone, "baseline_weight_change": runs["baseline"][-1][1],
+            "resolution": run.resolution, "ours_images": runs["ours"][-1][2],
+            "baseline_images": runs["baseline"][-1][2], "batch_size": batch_size,
+            "workers": workers, "images": len(x)}
+
+
+def _pool(run: Throughput) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images the steps cycle through, and their labels."""
+    if run.images is None and run.data is not None and run.data.is_dir():
+        return load_images(run.data)
+    x = run.images if run.images is not None else torch.randint(
+        0, 256, (PER_CLASS * CLASSES, 3, 32, 32), dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0))
+    return x, torch.arange(len(x)) % CLASSES  # labels do not change the speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search.bench.throughput: error: --data {args.data} is not a folder: give the "
               "folder of CIFAR-10 JPEGs, or leave it out for random images", file=sys.stderr)
         return 2
-    r = throughput(device=args.device, backbone=args.backbone, resolution=args.resolution,
-                   batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                   rounds=args.rounds, workers=args.workers, data=args.data)
+    r = measure(Throughput(device=args.device, backbone=args.backbone,
+                           resolution=args.resolution, batch_size=args.batch_size,
+                           steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                           workers=args.workers, data=args.data))
     source = args.data if args.data is not None else "random uint8 images"
     print(f"{r['backbone']} {r['resolution']}px, batch {r['batch_size']}, {args.steps} steps x "
           f"{args.rounds} rounds (medians), {r['device']}; {r['images']} images from {source}")

@@ -6,18 +6,55 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from dataclasses import dataclass
 from typing import Any, cast
 
 from search.core import names
 from search.core.errors import UsageError
 
 
-def refit(*, study: str, name: str | None = None, storage: str | None = None,
-          tracking_uri: str | None = None, trial: int | None = None, device: str = "auto",
-          data_dir: str | None = None, weights: str | None = None,
-          register: str | None = None, teacher: str | None = None,
-          teacher_arch: str | None = None, per_family: str | bool | None = None,
-          seeds: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RefitRequest:
+    """What a refit is asked: search.refit's options, one field each (see its --help)."""
+
+    study: str
+    name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    trial: int | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    weights: str | None = None
+    register: str | None = None
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    per_family: str | bool | None = None  # True: the family the study balanced, else loss
+    seeds: int | None = None
+
+    def check(self) -> None:
+        """Options that do not go together are a UsageError."""
+        if self.per_family is not None and self.trial is not None:
+            raise UsageError("--per-family refits each family's best trial: leave --trial out")
+        if self.seeds is not None and self.per_family is None:
+            raise UsageError("--seeds goes with --per-family")
+        if self.per_family is not None and self.register:
+            raise UsageError("--register takes one model: refit the trial you chose without "
+                             "--per-family")
+
+
+@dataclass(frozen=True)
+class Fitting:
+    """What every fit of one refit shares: the Optuna study, its task (train + validation
+    joined by each fit), the device, the stores, and the teacher of a trial that distils."""
+
+    study: Any
+    task: Any
+    device: str
+    stores: Any
+    teacher: Any = None
+
+
+def refit(request: RefitRequest) -> dict[str, Any]:
     import optuna
 
     from search.core.runtime import load_task, pick_device, quiet_libraries
@@ -27,57 +64,54 @@ def refit(*, study: str, name: str | None = None, storage: str | None = None,
     from search.study import lookup as studies
     from search.study.settings import StudySettings
 
-    if per_family is not None and trial is not None:
-        raise UsageError("--per-family refits each family's best trial: leave --trial out")
-    if seeds is not None and per_family is None:
-        raise UsageError("--seeds goes with --per-family")
-    if per_family is not None and register:
-        raise UsageError("--register takes one model: refit the trial you chose without "
-                         "--per-family")
+    request.check()
     quiet_libraries()
-    stores = stores_module.resolve(storage=storage, tracking_uri=tracking_uri)
+    stores = stores_module.resolve(storage=request.storage, tracking_uri=request.tracking_uri)
     stores_module.check_tracking_store(stores.tracking_uri)  # not minutes of retries
-    spec = studies.find(study, storage=stores.storage, name=name)
+    spec = studies.find(request.study, storage=stores.storage, name=request.name)
     if spec.simulated:
         raise UsageError(f"study {spec.name!r} simulates its training: it has no model to refit "
                          "or test; compare its trials with python -m search.report")
-    name = name or spec.name
+    name = request.name or spec.name
     try:
         found = optuna.load_study(study_name=name, storage=open_storage(stores.storage))
     except KeyError:
         raise UsageError(f"no study {name!r} in {mask_url(stores.storage)}: run python -m "
-                         f"search.run --study {study} first") from None
-    chosen = None if per_family is not None else _pick(found, trial)
+                         f"search.run --study {request.study} first") from None
+    chosen = None if request.per_family is not None else _pick(found, request.trial)
     fixed = StudySettings.from_attrs(found.user_attrs, spec)
     settings = fixed.trial_settings()
-    if fixed.init == "file" and weights is None:
+    if fixed.init == "file" and request.weights is None:
         raise UsageError(f"study {name!r} was started with --weights PATH: give it again")
-    options = fixed.task_options(spec, cache_dir=stores.cache_dir, data_dir=data_dir or None,
-                                 weights=weights)
-    device = pick_device(device)
-    if per_family is not None:
+    options = fixed.task_options(spec, cache_dir=stores.cache_dir,
+                                 data_dir=request.data_dir or None, weights=request.weights)
+    device = pick_device(request.device)
+    if request.per_family is not None:
         from search.review import family_refit
 
-        by = per_family if isinstance(per_family, str) else found.user_attrs.get("balance")
-        plan = family_refit.plan(found, spec, by=by or "loss", seeds=seeds or 3)
+        by = (request.per_family if isinstance(request.per_family, str)
+              else found.user_attrs.get("balance"))
+        plan = family_refit.plan(found, spec, by=by or "loss", seeds=request.seeds or 3)
         task = load_task(spec, options, "cpu")
         distils = [t for t in plan.trials.values()
                    if config_of(spec, t, settings).loss == "distill"]
-        teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
-                                 distils[0], task, stores, settings) if distils else None
+        teacher = _teacher(request.teacher or fixed.teacher,
+                           request.teacher_arch or fixed.teacher_arch, distils[0], task, stores,
+                           settings) if distils else None
+        fitting = Fitting(found, task, device, stores, teacher)
         return family_refit.run(plan, lambda t, seed, tags: _train_and_log(
-            found, t, dataclasses.replace(config_of(spec, t, settings), seed=seed), task,
-            device=device, stores=stores, register=None, teacher=teacher_model,
+            fitting, t, dataclasses.replace(config_of(spec, t, settings), seed=seed),
             run_name=f"refit-{tags['search.family']}-seed{seed}", tags=tags, log_model=False),
             found, base_seed=settings.seed, stores=stores)
     config = config_of(spec, chosen, settings)
     task = load_task(spec, options, "cpu")
-    teacher_model = None
+    teacher = None
     if config.loss == "distill":  # the study's teacher, unless another one is given
-        teacher_model = _teacher(teacher or fixed.teacher, teacher_arch or fixed.teacher_arch,
-                                 chosen, task, stores, settings)
-    return _train_and_log(found, chosen, config, task, device=device, stores=stores,
-                          register=register, teacher=teacher_model)
+        teacher = _teacher(request.teacher or fixed.teacher,
+                           request.teacher_arch or fixed.teacher_arch, chosen, task, stores,
+                           settings)
+    return _train_and_log(Fitting(found, task, device, stores, teacher), chosen, config,
+                          register=request.register)
 
 def config_of(spec: Any, trial: Any, settings: Any) -> Any:
     """The trial's TrialConfig, rebuilt from its parameters by the study's space."""
@@ -111,15 +145,15 @@ def _pick(study: Any, number: int | None) -> Any:
         raise UsageError(f"study {study.study_name!r} has no trial {number} with parameters")
     return chosen
 
-def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: str,
-                   stores: Any, register: str | None, teacher: Any = None,
+def _train_and_log(fitting: Fitting, chosen: Any, config: Any, *, register: str | None = None,
                    run_name: str | None = None, tags: dict[str, str] | None = None,
                    log_model: bool = True) -> dict[str, Any]:
     from objectives.train import fine_tune
     from search.tracking.models import RefitRun
 
-    data = task.data
-    fit_task = refit_task(task, device)
+    study, device, stores = fitting.study, fitting.device, fitting.stores
+    data = fitting.task.data
+    fit_task = refit_task(fitting.task, device)
 
     run = RefitRun(stores.client_uri, experiment=study.study_name,
                    artifact_location=stores.artifact_location,
@@ -134,7 +168,7 @@ def _train_and_log(study: Any, chosen: Any, config: Any, task: Any, *, device: s
 
         try:
             model = fine_tune(config, fit_task, device=device, on_epoch=on_epoch,
-                              teacher=teacher).model
+                              teacher=fitting.teacher).model
         except RuntimeError as e:
             _device_failed(e)
             raise
