@@ -159,11 +159,11 @@ def throughput(*, device: str, backbone: str, resolution: int, batch_size: int, 
                warmup: int, rounds: int) -> dict[str, Any]:
     """`search.bench.throughput`, its DataLoader with as many workers as this machine has
     cores (pinned memory on CUDA), over random images: nothing to read from disk."""
-    from search.bench.throughput import throughput as measure
+    from search.bench.throughput import Throughput, measure
 
-    return measure(device=device, backbone=backbone, resolution=resolution,
-                   batch_size=batch_size, steps=steps, warmup=warmup, rounds=rounds,
-                   workers=os.cpu_count(), data=None)
+    return measure(Throughput(device=device, backbone=backbone, resolution=resolution,
+                              batch_size=batch_size, steps=steps, warmup=warmup, rounds=rounds,
+                              workers=os.cpu_count(), data=None))
 
 
 def _random_task(images: int, val: int) -> Task:

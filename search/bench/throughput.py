@@ -137,11 +137,6 @@ class Throughput:
     data: Path | None = None
 
 
-def throughput(**options: Any) -> dict[str, Any]:
-    """`measure(Throughput(**options))`: the same keywords, for a caller that holds them."""
-    return measure(Throughput(**options))
-
-
 def measure(run: Throughput) -> dict[str, Any]:
     """Median training images/s of ours and the baseline, their ratio, and the settings.
 

@@ -10,7 +10,7 @@ import torchvision
 from torch.nn.utils import parameters_to_vector
 
 from search.bench import throughput as bench_throughput
-from search.bench.throughput import _weights, main, throughput
+from search.bench.throughput import Throughput, _weights, main, measure
 
 pytestmark = pytest.mark.slow  # real searches, processes or servers
 
@@ -22,8 +22,9 @@ def test_throughput_times_what_it_ran_and_both_sides_train(
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     steps, batch_size = 3, 16
-    result = throughput(device="cpu", backbone="resnet18", resolution=32,
-                        batch_size=batch_size, steps=steps, warmup=1, rounds=1, images=images)
+    result = measure(Throughput(device="cpu", backbone="resnet18", resolution=32,
+                                batch_size=batch_size, steps=steps, warmup=1, rounds=1,
+                                images=images))
     for side in ("ours", "baseline"):
         assert math.isfinite(result[f"{side}_images_per_s"])
         assert result[f"{side}_images_per_s"] > 0
