@@ -80,6 +80,18 @@ def build_parser() -> Parser:
     group.add_argument("--enqueue", default=None, metavar="FILE.json",
                        help="try first the configurations in a JSON file (a list of parameter "
                             "objects, as search.report --export-best writes)")
+    group = parser.add_argument_group("the answer: recipes first, a race of the finalists last")
+    group.add_argument("--recipes", default=None, metavar="none|NAME,...",
+                       help="the study's standard recipes to run as its first trials (default: "
+                            "all it declares; none: no recipe)")
+    group.add_argument("--recipe", dest="recipe_files", action="append", default=[],
+                       metavar="FILE.json",
+                       help="a recipe of your own: a JSON object of parameters, or an object of "
+                            "named ones (repeatable); run first, raced as the study's own")
+    group.add_argument("--race", type=race_text, default=None, metavar="K,R|none",
+                       help="end the search by retraining the K best configurations and the "
+                            "best recipe on R fresh resamplings of train + validation, and pick "
+                            "by the mean (default 3,3; none: the best trial is the answer)")
     group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
     group.add_argument("--workers", type=positive_int, default=None,
                        help="worker processes on this node (default: one per GPU and "
@@ -140,6 +152,16 @@ def assignment(text: str) -> tuple[str, str]:
         return parse_assignment(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def race_text(text: str) -> str:
+    from search.study.race import parse_race
+
+    try:
+        parse_race(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def gpu_list(text: str) -> list[str]:

@@ -60,6 +60,9 @@ class SearchOptions:
     enqueue: str | Path | None = None  # a JSON file of configurations to try first
     balance: str | None = None  # "loss" or "penalty": every family the same number of trials
     time_scale: float | None = None  # a simulating study's sleep per simulated second
+    recipes: str | None = None  # --recipes: "none" or NAME,NAME (None: all the study declares)
+    recipe_files: Sequence[str | Path] = ()  # --recipe FILE.json: the user's own recipes
+    race: str | None = None  # --race K,R or "none" (None: the default race)
     # How this process takes part, set by search.run rather than asked for by the user.
     load_device: str | None = None
     owner: bool = True

@@ -123,7 +123,7 @@ def sync_study(study: optuna.Study, client: MlflowClient, *, experiment_id: str,
     """
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=FINISHED)
               # over budget: never ran, nothing to track
-              if t.user_attrs.get(names.FAIL_REASON) != names.OVER_BUDGET}
+              if t.user_attrs.get(names.FAIL_REASON) not in names.NEVER_RAN}
     now = datetime.now()
     runs: dict[int, list[Run]] = {}
     for run in _search(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
