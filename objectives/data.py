@@ -60,9 +60,28 @@ class ImageData:
             x = x.expand(-1, len(self.mean), -1, -1)
         return torch.addcmul(shift, x.float(), scale)
 
+    def resampled(self, seed: int) -> ImageData:
+        """The same labelled pool (training + validation) split again, stratified, with `seed`,
+        into parts of the same sizes; the test split is not read, and stays as it is.
+
+        A race of finalists (search.execution.race) scores each on several such resamplings.
+        They come from here rather than from the task loader with another seed: a loader's
+        seed may move images in and out of test. The normalization stays the study's.
+        """
+        x = torch.cat((self.train.x, self.val.x.to(self.train.x.device)))
+        y = torch.cat((self.train.y, self.val.y.to(self.train.y.device)))
+        train, val = stratified_split(y.cpu().numpy(), sizes=(len(self.train),), seed=seed)
+        pick = functools.partial(_take, x, y)
+        return dataclasses.replace(self, train=pick(train), val=pick(val))
+
     def to(self, device: torch.device | str) -> ImageData:
         """The training and validation splits moved to `device` (the test split stays put)."""
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device))
+
+
+def _take(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> Split:
+    index = torch.as_tensor(indices, device=x.device)
+    return Split(x[index], y[index])
 
 
 @functools.cache
@@ -84,6 +103,10 @@ class Task:
     name: str
     data: ImageData
     make_model: Callable[[int], StagedNet]  # seed of the new head -> model
+
+    def resampled(self, seed: int) -> Task:
+        """This task with its training and validation images split again (ImageData.resampled)."""
+        return dataclasses.replace(self, data=self.data.resampled(seed))
 
     def to(self, device: torch.device | str) -> Task:
         """This task with its data on `device`: done once per process, not once per trial."""

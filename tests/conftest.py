@@ -25,6 +25,18 @@ for variable in ("no_proxy", "NO_PROXY"):
     os.environ[variable] = "localhost,127.0.0.1,::1"
 
 
+@pytest.fixture(autouse=True)
+def no_default_race(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search in a test ends without the race (search.study.race) unless the test is marked
+    `race` or asks for one with --race: the race retrains a dozen runs, which a test of
+    anything else neither checks nor should wait for (tests/search_tests/test_race.py and the
+    tests marked `race` check it)."""
+    if request.node.get_closest_marker("race") is None:
+        from search.study import race
+
+        monkeypatch.setattr(race, "DEFAULT_RACE", None)
+
+
 @pytest.fixture
 def ctrl_c_raises() -> object:
     """In this test SIGINT raises KeyboardInterrupt, as in a terminal; the handler that was there

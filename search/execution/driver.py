@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from search.execution.launch import Outcome
     from search.execution.session import Search, SearchOptions
+    from search.study.race import RaceSize
+    from search.study.race import Result as RaceResult
 
 PROG = "search.run"  # the command a search is driven by, in what it prints
 
@@ -79,10 +81,11 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
     from search.study.display import ProgressDisplay
 
     options = SearchOptions(**asked)
+    size = _race_size(options)
     _interrupt_on_sigterm()
     if worker is not None:
-        return _work(timeout=timeout, options=dataclasses.replace(options, owner=False,
-                                                                  worker=worker))
+        return _work(timeout=timeout, size=size,
+                     options=dataclasses.replace(options, owner=False, worker=worker))
     gpus = choose_gpus(gpus, device=options.device)
     plans = plan_workers(workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu)
     many = len(plans) > 1
@@ -103,16 +106,24 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
                   + (f"; {len(plans)} workers" if many else ""), markup=False, highlight=False)
     status, outcome = "FINISHED", Outcome()
     started = time.monotonic()
+    log_dir = Path("mlruns") / "logs" / name
+
+    def run_workers(target: Search, display: Any) -> Outcome:
+        return launch(target, argv, plans, display, log_dir=log_dir, worker_main=worker_main,
+                      warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+
+    race = Race()
     try:
         with ProgressDisplay(console, budget=search.budget, finished=search.finished,
                              metric=",".join(search.metrics)) as display:
             if many:
-                log_dir = Path("mlruns") / "logs" / name
-                outcome = launch(search, argv, plans, display, log_dir=log_dir,
-                                 worker_main=worker_main,
-                                 warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+                outcome = run_workers(search, display)
             else:
                 search.optimize(timeout=timeout, callbacks=[display])
+        race.search_seconds = time.monotonic() - started
+        if outcome.stopped is None and search.finished >= search.budget:
+            outcome = _race(search, size, race, console=console, timeout=timeout,
+                            workers=run_workers if many else None) or outcome
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -124,10 +135,85 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
             status = "KILLED"
         for error in search.close(status=status):
             console.print(f"warning: {error}", markup=False, highlight=False)
-    return _ending(search, outcome, console, started)
+    return _ending(search, outcome, console, started, race)
 
 
-def _ending(search: Search, outcome: Outcome, console: Console, started: float) -> int:
+def _race_size(options: SearchOptions) -> RaceSize | None:
+    from search.core.errors import UsageError
+    from search.study.race import parse_race
+
+    try:
+        return parse_race(options.race)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+@dataclasses.dataclass
+class Race:
+    """How the race went, for the ending: its result or why there was none, and the time of
+    the search and of the race."""
+
+    result: RaceResult | None = None
+    note: str | None = None
+    search_seconds: float = 0.0
+    seconds: float = 0.0
+    runs: int = 0
+
+
+def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console,
+          timeout: float | None, workers: Callable[[Search, Any], Outcome] | None
+          ) -> Outcome | None:
+    """The race of a finished single-objective search (search.execution.race): prepared here,
+    run here or by the workers, decided and stored. Returns the workers' outcome, if any."""
+    from search.core.errors import DeviceFailed, TrackingLost
+    from search.execution import race as racing
+
+    race.note = racing.wanted(search, size)
+    if race.note is not None or size is None:
+        return None
+    prepared, race.note = racing.prepare(search, size)
+    if prepared is None:
+        return None
+    outcome = None
+    started = time.monotonic()
+    if racing.pending(prepared):
+        opened = racing.open_race(search, prepared, owner=True)
+        chosen = racing.stored_finalists(prepared)
+        console.print(f"race: {len(chosen)} finalists ({', '.join(f.label for f in chosen)}) "
+                      f"on {prepared.user_attrs.get(racing.RESAMPLINGS)} fresh resamplings of "
+                      "train + validation", markup=False, highlight=False)
+        status = "FINISHED"
+        display = racing.RaceDisplay(console, search.metrics[0])
+        try:
+            if workers is not None:
+                outcome = workers(opened, display)
+            else:
+                opened.optimize(timeout=timeout, callbacks=[display])
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except (DeviceFailed, TrackingLost):
+            status = "FAILED"
+            raise
+        finally:
+            if outcome is not None and outcome.stopped is not None:
+                status = "KILLED"
+            if not racing.pending(prepared):
+                opened.run_tags.update(racing.tags(racing.decide(search, prepared)))
+            for error in opened.close(status=status):
+                console.print(f"warning: {error}", markup=False, highlight=False)
+    race.seconds = time.monotonic() - started
+    race.runs = len(prepared.get_trials(deepcopy=False))
+    if racing.pending(prepared):
+        race.note = "the race stopped short: run the same command again to finish it"
+        return outcome
+    race.result = racing.decide(search, prepared)
+    racing.record(search, race.result)
+    return outcome
+
+
+def _ending(search: Search, outcome: Outcome, console: Console, started: float,
+            race: Race | None = None) -> int:
     """What a search prints as it ends (the leaderboard, the states, how to review it, what
     went wrong), and its exit status."""
     from search.core.errors import EXIT_TRACKING_LOST
@@ -139,6 +225,8 @@ def _ending(search: Search, outcome: Outcome, console: Console, started: float) 
     console.print(leaderboard(search.study, metric=",".join(search.metrics)))
     console.print(f"{state_summary(search.study)}; {finished} of {search.budget} finished in "
                   f"{time.monotonic() - started:.0f}s", markup=False, highlight=False)
+    if race is not None:
+        _race_ending(search, race, console)
     review = ui_command(search.stores.tracking_uri, search.tracker.experiment_id)
     console.print(f"review: {review}", markup=False, highlight=False)
     if outcome.stopped is not None:
@@ -164,6 +252,25 @@ def _ending(search: Search, outcome: Outcome, console: Console, started: float) 
     return 0
 
 
+def _race_ending(search: Search, race: Race, console: Console) -> None:
+    """The race's table, its decision, and its cost beside the search's."""
+    from search.execution.race import epochs_trained
+    from search.study.race import race_table
+
+    if race.note is not None:
+        console.print(race.note, markup=False, highlight=False)
+    result = race.result
+    if result is None:
+        return
+    console.print(race_table(result))
+    console.print(f"answer: {result.statement}", markup=False, highlight=False)
+    searched = epochs_trained(search.study.get_trials(deepcopy=False), search.epochs)
+    share = f" ({result.epochs / searched:.0%} of the search's)" if searched else ""
+    console.print(f"cost: the search trained {searched} epochs in {race.search_seconds:.0f}s; "
+                  f"the race {result.epochs} epochs{share} in {race.seconds:.0f}s",
+                  markup=False, highlight=False)
+
+
 def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
     """The GPUs to spread the workers over (indices as this process sees them), or None for
     the CPU: every visible GPU unless `--gpus` says which; an index out of range is bad input."""
@@ -186,15 +293,26 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
     return gpus
 
 
-def _work(*, timeout: float | None, options: SearchOptions) -> int:
-    """One worker of a launcher: trials until the budget; the launcher shows the progress."""
+def _work(*, timeout: float | None, options: SearchOptions, size: RaceSize | None) -> int:
+    """One worker of a launcher: trials until the budget, then the race's queued runs, once
+    the launcher has prepared it; the launcher shows the progress."""
     from search.core.errors import DeviceFailed, TrackingLost
+    from search.execution import race as racing
     from search.execution.session import open_search
 
     search = open_search(options)
     status = "FINISHED"
     try:
         search.optimize(timeout=timeout)
+        prepared = (racing.find(search) if racing.wanted(search, size) is None
+                    and search.finished >= search.budget else None)
+        if prepared is not None and racing.pending(prepared):
+            opened = racing.open_race(search, prepared, owner=False)
+            try:
+                opened.optimize(timeout=timeout)
+            finally:
+                for error in opened.close():
+                    print(f"warning: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -10,7 +10,7 @@ import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import optuna
 import torch
@@ -97,6 +97,18 @@ def ended_by(error: BaseException, epoch: int) -> Outcome | None:
     return Outcome("FAIL", reason=failure_reason(error))
 
 
+class Variant(Protocol):
+    """What makes some trials other than the search's own (a race's runs, see
+    search.execution.race): whether one runs at all, and what it trains on."""
+
+    def admit(self, trial: optuna.Trial) -> None:
+        """Raise optuna.TrialPruned (its reason set) for a trial not to be trained."""
+
+    def vary(self, trial: FrozenTrial, task: Task,
+             settings: Settings) -> tuple[Task, Settings, dict[str, str]]:
+        """The task and settings the trial trains with, and tags for its run."""
+
+
 @dataclass
 class TrialRunner:
     study: Study
@@ -115,13 +127,16 @@ class TrialRunner:
     # Set when a trial hit a sticky CUDA error: this process's CUDA context is unusable, so
     # the search stops after that trial and the process ends (a launcher replaces it).
     broken: str | None = None
+    variant: Variant | None = None  # a race's runs: admitted, resampled and tagged as such
 
     def _start_run(self, trial: optuna.Trial, params: dict[str, object],
                    tags: dict[str, str] | None = None) -> TrialRun:
+        recipe = trial.user_attrs.get(names.RECIPE)  # a study's standard recipe: its name
         return self.tracker.trial_run(
             parent_run_id=self.parent_run_id, trial_number=trial.number, params=params,
             tags={"optuna.study_name": trial.study.study_name, "device": self.device,
-                  **self.tags, **(tags or {})},
+                  **self.tags, **({"search.recipe": str(recipe)} if recipe else {}),
+                  **(tags or {})},
         )
 
     @property
@@ -159,8 +174,13 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial) -> float:
         state, retry_tags = self._claim(trial)
+        task, settings = self.task, self.settings
+        if self.variant is not None:
+            self.variant.admit(trial)
+            task, settings, variant_tags = self.variant.vary(state, task, settings)
+            retry_tags = {**retry_tags, **variant_tags}
         try:
-            config = self.study.space(trial, self.settings)
+            config = self.study.space(trial, settings)
         except Exception as e:  # a bug in a space, or values it rejects: recorded like any
             run = self._start_run(trial, dict(trial.params))
             Outcome("FAIL", reason=f"in the search space: {failure_reason(e)}").record(trial, run)
@@ -196,7 +216,8 @@ class TrialRunner:
 
         keep = False
         try:
-            return self._train(trial, config, run, on_epoch, lambda: last_epoch, checkpoint)
+            return self._train(trial, config, task, run, on_epoch, lambda: last_epoch,
+                               checkpoint)
         except KeyboardInterrupt:
             keep = True  # for the retry (see __call__)
             raise
@@ -221,12 +242,12 @@ class TrialRunner:
             trial.set_user_attr(names.MLFLOW_RUN_ID, run.run_id)
             run.linked = True
 
-    def _train(self, trial: optuna.Trial, config: TrialConfig, run: TrialRun,
+    def _train(self, trial: optuna.Trial, config: TrialConfig, task: Task, run: TrialRun,
                on_epoch: EpochCallback, last_epoch: Callable[[], int],
                checkpoint: Path | None) -> float:
         try:
             train = self.study.train or fine_tune  # a simulating study brings its own
-            result = train(config, self.task, device=self.device, on_epoch=on_epoch,
+            result = train(config, task, device=self.device, on_epoch=on_epoch,
                            compile=self.compile, checkpoint=checkpoint,
                            checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
         except BaseException as e:
@@ -246,7 +267,7 @@ class TrialRunner:
             raise ValueError(reason)
         if result.val_logits is not None and result.val_targets is not None:
             log_evaluation(run, result.val_logits, result.val_targets,
-                           self.task.data.class_names)
+                           task.data.class_names)
         best = self._is_best(trial, values[0])
         if best:
             log_model(run, result.model)
@@ -255,7 +276,7 @@ class TrialRunner:
             tags["search.resumed_from_epoch"] = str(result.resumed_from)
         final = {f"final_{m}": v for m, v in zip(self.objective_metrics, values, strict=True)}
         if result.val_logits is not None and result.val_targets is not None:
-            classes = self.task.data.class_names
+            classes = task.data.class_names
             recalls = per_class_recall(result.val_logits, result.val_targets, len(classes))
             final.update({f"val_recall/{n}": r for n, r in zip(classes, recalls, strict=True)})
         Outcome("COMPLETE", tags=tags, metrics=final).record(trial, run)

@@ -26,13 +26,21 @@ from search.review.verdict import family_trials, verdict
 from search.storage.reading import load
 from search.storage.stores import Stores, check_tracking_store, resolve
 from search.study import warmstart
-from search.study.display import describe_params, key_columns, leaderboard, state_summary
+from search.study.display import (
+    describe_params,
+    key_columns,
+    leaderboard,
+    recipe_mark,
+    state_summary,
+)
+from search.study.race import Result as RaceResult
+from search.study.race import header, race_table, rows
 from search.study.target import Target, pick_target
 
 PLOTS = ("optimization_history", "learning_curves", "families", "pareto_front",
          "parallel_coordinate", "param_importances", "slice")
 
-TABLES = ("verdict.md", "loss_families.csv", "penalty_families.csv", "importances.csv",
+TABLES = ("verdict.md", "race.csv", "loss_families.csv", "penalty_families.csv", "importances.csv",
           "trials.csv", "pareto_front.csv")
 
 COUNTED = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned",
@@ -67,8 +75,11 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
     say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
     metrics, target = pick_target(found, spec.metric)
     say(f"study {name!r}: {len(found.trials)} trials; storage {mask_url(stores.storage)}")
+    race = race_result(found)
     paragraphs = [text for by in ("loss", "penalty") if (text := verdict(
         found, by=by, value=target, metric=target.name, maximize=target.maximize))]
+    if race is not None:  # the search's own answer comes first
+        paragraphs.insert(0, race_verdict(race, study))
     if paragraphs:
         say("\n\n".join(paragraphs) + "\n")
         (folder / "verdict.md").write_text(f"# Verdict: study {name}\n\n"
@@ -79,8 +90,11 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
         console.print(pareto_table(found, metrics, folder / "pareto_front.csv"))
     elif found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = found.best_trial
-        say(f"best: trial {best.number} {metrics[0]}={best.values[0]:.4f} "
+        say(f"best: trial {best.number}{recipe_mark(best)} {metrics[0]}={best.values[0]:.4f} "
             f"[{describe_params(best.params)}]")
+    if race is not None:
+        console.print(race_table(race))
+        write_csv(folder / "race.csv", header(race), rows(race))
     if export_best and exported:
         say(f"wrote the {len(exported)} best configuration{'s' * (len(exported) != 1)} of "
             f"study {name!r} to {export_best[1]}")
@@ -94,6 +108,23 @@ def report(*, study: str, name: str | None = None, storage: str | None = None,
     say(f"report written to {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     say(log_report(found, folder, stores))
     return folder
+
+
+def race_result(study: optuna.Study) -> RaceResult | None:
+    """What the search's race decided, if it ran to the end."""
+    stored = study.user_attrs.get(names.RACE)
+    return RaceResult.from_json(stored) if stored else None
+
+
+def race_verdict(race: RaceResult, study: str) -> str:
+    """The race's decision as the verdict's first paragraph."""
+    pick = race.entry(race.pick)
+    if pick is None:
+        return f"The race of the finalists decided nothing: {race.statement}."
+    return (f"The answer (a race of {len(race.finalists)} finalists on {race.resamplings} "
+            f"fresh resamplings of train + validation): {race.statement}. The pick is "
+            f"{pick.label} [{describe_params(pick.params)}]; "
+            f"python -m search.refit --study {study} refits it.")
 
 
 def families_table(study: optuna.Study, target: Target, path: Path, *,

@@ -8,49 +8,19 @@ says how large the noise is and the verdict says so.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.core.names import REFITS  # noqa: F401 (re-exported)
-from search.study.display import describe_params
+from search.study.display import describe_params, recipe_mark
+from search.study.stats import Interval, interval
 
 METRICS = ("test_accuracy", "test_macro_f1", "test_ece", "test_corruption_accuracy")
 BASELINE = {"loss": "cross_entropy", "penalty": "none"}  # what a margin is measured against
-
-
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float  # a 95% interval (Student's t over the seeds); nan with a single value
-    high: float
-    n: int
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.n > 1 and (self.low > 0 or self.high < 0)
-
-    def points(self) -> str:
-        """As accuracy points: '+1.2 [-0.3, +2.7]'."""
-        if self.n < 2 or math.isnan(self.low):
-            return f"{100 * self.mean:+.1f}"
-        return f"{100 * self.mean:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
-
-
-def interval(values: Sequence[float]) -> Interval:
-    """The mean with its 95% t interval (nan ends for fewer than two values)."""
-    from scipy import stats
-
-    n, mean = len(values), statistics.fmean(values)
-    if n < 2:
-        return Interval(mean, math.nan, math.nan, n)
-    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> Interval:
@@ -88,7 +58,7 @@ def verdict(study: optuna.Study, *, by: str = "loss", value: Callable[[FrozenTri
     """The verdict paragraph (empty when no trial has a `by` family and a completed value)."""
     families = family_trials(study, by)
     refits = stored_refits(study, by)
-    text = (_from_refits(by, refits) if refits and refits.get("families")
+    text = (_from_refits(by, refits, study) if refits and refits.get("families")
             else _from_validation(study, by, families, value, metric, maximize))
     if not text:
         return ""
@@ -105,7 +75,7 @@ def _config(params: Mapping[str, Any]) -> str:
     return describe_params(dict(params))
 
 
-def _from_refits(by: str, refits: Mapping[str, Any]) -> str:
+def _from_refits(by: str, refits: Mapping[str, Any], study: optuna.Study) -> str:
     rows = refits["families"]
     seeds = len(refits["seeds"])
     means = {f: statistics.fmean(r["test_accuracy"]) for f, r in rows.items()}
@@ -125,7 +95,8 @@ def _from_refits(by: str, refits: Mapping[str, Any]) -> str:
     text = (f"Verdict ({by}, from refits of each family's best trial with {seeds} seed"
             f"{'s' * (seeds != 1)}, tested once on the held-out test split): "
             + ("use" if settled else "highest test accuracy:")
-            + f" {best}, as in trial {chosen['trial']} [{_config(chosen['params'])}], with "
+            + f" {best}, as in trial {chosen['trial']}{_mark(study, chosen['trial'])} "
+            f"[{_config(chosen['params'])}], with "
             f"test accuracy {accuracy.mean:.4f}"
             + (f" (95% interval {accuracy.low:.4f} to {accuracy.high:.4f})" if seeds > 1 else "")
             + ".")
@@ -149,6 +120,12 @@ def _from_refits(by: str, refits: Mapping[str, Any]) -> str:
     return text
 
 
+def _mark(study: optuna.Study, number: Any) -> str:
+    """" (recipe adamw)" when trial `number` of `study` ran a standard recipe, else ""."""
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return recipe_mark(found[0]) if found else ""
+
+
 def _sureness(gap: Interval) -> str:
     if gap.n < 2:
         return "one seed gives no interval, so how sure this is is unknown (use --seeds 3)"
@@ -167,7 +144,8 @@ def _from_validation(study: optuna.Study, by: str,
     best = pick(bests, key=lambda f: value(bests[f]))
     trial = bests[best]
     text = (f"Verdict ({by}, on validation only): {best} looks best, as in trial "
-            f"{trial.number} [{_config(trial.params)}], with {metric} {value(trial):.4f}.")
+            f"{trial.number}{recipe_mark(trial)} [{_config(trial.params)}], with {metric} "
+            f"{value(trial):.4f}.")
     baseline = BASELINE.get(by)
     if baseline in bests and baseline != best:
         gap = value(trial) - value(bests[baseline])

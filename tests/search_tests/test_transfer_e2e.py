@@ -114,7 +114,10 @@ def test_quality_benchmark_on_tiny_data(workdir: Path, cifar_jpg: Path,
     assert bench_main(["--only", "quality", "--data-dir", str(cifar_jpg), "--seeds", "0,1",
                        "--quality-trials", "2", "--quality-epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "search refit minus the better recipe" in out and "[target >= +2 points]" in out
+    for target in ("(a) default search + race", "(b) from the sgd recipe alone",
+                   "(c) wall time", "(d) digits"):
+        assert target in out
+    assert "[target >= +2: " in out and "[target <= 1.6x: " in out
     with (workdir / "mlruns" / "bench" / "quality.csv").open() as f:
         rows = list(csv.DictReader(f))
     names = [r["row"] for r in rows]
@@ -122,13 +125,16 @@ def test_quality_benchmark_on_tiny_data(workdir: Path, cifar_jpg: Path,
         mine = [r for r in rows if r["seed"] == seed]
         assert sum(r["row"].startswith("recipe: ") for r in mine) == 2
         assert sum(r["note"] == "chosen on validation" for r in mine) == 1
-        assert sum(r["row"] == "search: best trial, refit" for r in mine) == 1
+        for variant in ("old default search: best trial, refit",
+                        "default search + race: pick, refit",
+                        "from the sgd recipe + race: pick, refit"):
+            assert sum(r["row"] == variant for r in mine) == 1
     # Seed 0 alone refits each family's best; medians over both seeds for recipes and search.
     families = [r for r in rows if r["row"].startswith("best ")]
     assert families and {r["seed"] for r in families} == {"0"}
     assert any(n.startswith("best loss=") for n in names)
     assert any(n.startswith("best penalty=") for n in names)
-    assert "median: search: best trial, refit" in names
+    assert "median: default search + race: pick, refit" in names
     for r in rows:
         for metric in ("test_accuracy", "test_macro_f1", "test_ece",
                        "test_corruption_accuracy"):
