@@ -1,10 +1,10 @@
 """Studies by name: each module defines one search space and the study's fixed settings.
 
 Also the public API for a study of your own (see examples/own_model.py and the README's "Your
-own study"): `Study`, `Settings`, `TaskOptions`, `image_study`, the shared space's `suggest_*`
-helpers, and from `objectives` the `TrialConfig` a space returns, the `Task`, `ImageData` and
-`Split` a task loader returns, and `StagedNet`, the staged model freeze depth and layer-wise
-rates work on.
+own study"): `Study` (its `recipes` too), `Settings`, `TaskOptions`, `image_study` and the image
+studies' standard recipes (`IMAGE_RECIPES`), the shared space's `suggest_*` helpers, and from
+`objectives` the `TrialConfig` a space returns, the `Task`, `ImageData` and `Split` a task
+loader returns, and `StagedNet`, the staged model freeze depth and layer-wise rates work on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from spaces.digits import STUDY as DIGITS
 from spaces.imagefolder import STUDY as IMAGEFOLDER
 from spaces.mnist import FASHION_MNIST, MNIST
 from spaces.registry import canonical, from_entry_point, installed, is_reference, load_reference
+from spaces.vision import RECIPES as IMAGE_RECIPES
 from spaces.vision import image_study
 
 # The shipped studies, each from its module here. Written out, not discovered: this order is that
@@ -60,7 +61,8 @@ def available() -> list[tuple[str, str]]:
 
 
 __all__ = [
-    "STUDIES", "ImageData", "Settings", "Split", "StagedNet", "Study", "Task", "TaskOptions",
-    "TrialConfig", "available", "canonical", "channel_stats", "get_study", "image_study",
-    "is_reference", "suggest_loss", "suggest_optimizer", "suggest_penalty", "suggest_schedule",
+    "IMAGE_RECIPES", "STUDIES", "ImageData", "Settings", "Split", "StagedNet", "Study", "Task",
+    "TaskOptions", "TrialConfig", "available", "canonical", "channel_stats", "get_study",
+    "image_study", "is_reference", "suggest_loss", "suggest_optimizer", "suggest_penalty",
+    "suggest_schedule",
 ]

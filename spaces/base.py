@@ -68,6 +68,11 @@ class Study:
     # How a trial trains: None is objectives.train.fine_tune; a stand-in with its signature
     # simulates training instead (the curves study: no model is trained, nothing to refit).
     train: Callable[..., FineTuneResult] | None = None
+    # Standard recipes, which a new study runs as its first trials: name -> parameters, under
+    # the space's parameter names and with the values Optuna records. A parameter a recipe
+    # leaves out is completed as a grid's point is (`defaults` above), else drawn by the
+    # sampler. search.run's --recipes chooses among them.
+    recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def simulated(self) -> bool:

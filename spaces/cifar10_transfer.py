@@ -12,7 +12,7 @@ from pathlib import Path
 
 from objectives.data import Task
 from spaces.base import Study, TaskOptions
-from spaces.vision import DEFAULT_DATA_DIR, space
+from spaces.vision import DEFAULT_DATA_DIR, RECIPES, space
 
 
 def load_task(options: TaskOptions) -> Task:
@@ -33,5 +33,6 @@ STUDY = Study(
                 "on the other 5 with 100 labels a class (--data-dir with CIFAR-10)",
     resolution=0,  # as stored: 32x32
     data_dir=Path(DEFAULT_DATA_DIR),
-    defaults={"weight_decay": 0.05, "batch_size": 64},
+    defaults={"weight_decay": 0.05, "batch_size": 64},  # 64: the quality benchmark's batch
+    recipes=RECIPES,
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from objectives.data import Task
 from spaces.base import Study, TaskOptions
-from spaces.vision import space
+from spaces.vision import RECIPES, space
 
 TIME_SCALE = 0.01  # a simulated 20-30 s GPU epoch sleeps 0.2-0.3 s
 
@@ -44,4 +44,5 @@ STUDY = Study(
     resolution=0,
     train=train,
     defaults={"weight_decay": 0.05, "batch_size": 128},
+    recipes=RECIPES,
 )

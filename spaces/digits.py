@@ -43,4 +43,15 @@ STUDY = Study(
     metric="val_accuracy",  # on 373 held-out images of digits 5-9
     direction="maximize",
     description="scikit-learn digits: pretrain on 0-4, fine-tune on 5-9 (offline, CPU)",
+    # Its standard recipes, run as a new study's first trials: full fine-tuning with AdamW, and
+    # with SGD and Nesterov momentum, at one learning rate for every layer, in batches of 16
+    # (about 10 steps an epoch on the 150 training images: both reach about 0.98 validation
+    # accuracy). This space searches no weight decay or warmup: TrialConfig's apply.
+    recipes={
+        "adamw": {"loss": "cross_entropy", "penalty": "none", "optimizer": "adamw", "lr": 1e-3,
+                  "lr_decay": 1.0, "freeze_depth": 0, "batch_size": 16},
+        "sgd": {"loss": "cross_entropy", "penalty": "none", "optimizer": "momentum",
+                "lr": 0.01, "momentum": 0.9, "nesterov": True, "lr_decay": 1.0,
+                "freeze_depth": 0, "batch_size": 16},
+    },
 )

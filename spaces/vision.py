@@ -7,8 +7,9 @@ depth over the backbone's five stages, and the input resolution when the study s
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from objectives.config import TrialConfig
 from objectives.data import Task
@@ -22,6 +23,16 @@ RESOLUTIONS = (32, 64, 96, 128, 224)  # ImageNet backbones transfer better above
 BATCH_SIZES = (64, 128, 256, 512)
 STAGES = 5  # objectives.backbones.NUM_STAGES; freeze depth 5 trains the head alone
 DEFAULT_DATA_DIR = Path("data")
+# The image studies' standard recipes (spaces.Study.recipes), run as a new study's first trials:
+# fine-tuning as a tutorial does it, those of the quality benchmark (search/bench/quality.py).
+# The batch size is the study's default; a searched resolution is drawn by the sampler.
+RECIPES: dict[str, dict[str, Any]] = {
+    "adamw": {"loss": "cross_entropy", "penalty": "none", "optimizer": "adamw", "lr": 1e-3,
+              "lr_decay": 1.0, "warmup_epochs": 1.0, "weight_decay": 0.05, "freeze_depth": 0},
+    "sgd": {"loss": "cross_entropy", "penalty": "none", "optimizer": "momentum", "lr": 0.01,
+            "momentum": 0.9, "nesterov": True, "lr_decay": 1.0, "warmup_epochs": 1.0,
+            "weight_decay": 5e-4, "freeze_depth": 0},
+}
 
 
 def space(trial: optuna.Trial, settings: Settings) -> TrialConfig:
@@ -55,13 +66,15 @@ def image_study(
     name: str, *, dataset: str, epochs: int, trials: int, description: str,
     resolution: int | None = None, backbone: str = "resnet18",
     data_dir: Path | None = DEFAULT_DATA_DIR,
+    recipes: Mapping[str, Mapping[str, Any]] = RECIPES,
 ) -> Study:
-    """A study of `dataset` on a torchvision backbone over the shared image space."""
+    """A study of `dataset` on a torchvision backbone over the shared image space, with its
+    standard `recipes` (default: the image studies' RECIPES)."""
     return Study(
         name=name, space=space,
         load_task=functools.partial(load_task, dataset=dataset, backbone=backbone),
         epochs=epochs, trials=trials, description=description, backbone=backbone,
         resolution=resolution, resolutions=RESOLUTIONS, data_dir=data_dir,
         # A grid's fixed recipe: AdamW's usual fine-tuning decay, a mid-sized batch.
-        defaults={"weight_decay": 0.05, "batch_size": 128},
+        defaults={"weight_decay": 0.05, "batch_size": 128}, recipes=recipes,
     )

@@ -35,6 +35,7 @@ from search.study import balance as balance_module
 from search.study import grid as grid_module
 from search.study import lookup as studies
 from search.study import narrowing as narrowing_module
+from search.study import recipes as recipes_module
 from search.study import warmstart
 from search.study.optuna_study import (
     Budget,
@@ -267,7 +268,9 @@ def open_search(options: SearchOptions) -> Search:
                            on_stale=recovery.stale_trial_callback(lost))
     stored = _stored(storage, name)
     studies.check_same(stored.attrs, options.study, name=name)
-    planned = plan(options, spec, stored, reference=studies.reference(options.study))
+    own = recipes_module.read_files(options.recipe_files) if options.worker is None else []
+    planned = plan(options, spec, stored, reference=studies.reference(options.study),
+                   own_recipes=own)
     warm = warmstart.gather(
         enqueue_from=options.enqueue_from, enqueue=options.enqueue, sampler=options.sampler,
         storage=options.enqueue_storage, default_storage=stores.storage,
@@ -290,6 +293,9 @@ def open_search(options: SearchOptions) -> Search:
                     checkpoint_seconds=options.checkpoint_every, teacher=teacher,
                     fixed=tuple(planned.narrowing.fixed), grid=planned.grid is not None,
                     balance=planned.balance, notes=list(planned.notes))
+    if planned.recipes:  # queued by _create_study
+        search.notes.append("recipes run first: "
+                            + ", ".join(r.name for r in planned.recipes))
     if warm is not None and options.worker is None:  # a launcher's workers: it enqueued them
         queued = warmstart.enqueue(study, warm.configs)
         search.notes.append(f"warm start: {queued} configuration{'s' * (queued != 1)} queued "
@@ -331,6 +337,10 @@ def _create_study(planned: Plan, storage: Any, options: SearchOptions, *,
     )
     for key, value in planned.attrs.items():
         study.set_user_attr(key, value)
+    if options.worker is None:  # a new study's recipes, first: before any worker or warm start
+        for recipe in planned.recipes:
+            study.enqueue_trial(dict(recipe.params), user_attrs={names.RECIPE: recipe.name},
+                                skip_if_exists=True)
     if planned.grid is not None and options.worker is None:
         grid_module.enqueue(study, planned.grid.points)  # before the launcher's workers start
     return study

@@ -59,6 +59,12 @@ def describe_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in key_columns(params).items())
 
 
+def recipe_mark(trial: FrozenTrial) -> str:
+    """" (recipe adamw)" for a trial that ran a study's standard recipe, else ""."""
+    recipe = trial.user_attrs.get(names.RECIPE)
+    return f" (recipe {recipe})" if recipe else ""
+
+
 class ProgressDisplay:
     """An Optuna callback: prints one line per finished trial and keeps a live progress bar."""
 
@@ -96,8 +102,8 @@ class ProgressDisplay:
         best = best_trial(study)
         best_text = f"best {best.values[0]:.4f} (#{best.number})" if best else "no best yet"
         self.console.print(
-            f"trial {trial.number:>3} {state:<8} {outcome}  [{describe_params(trial.params)}]  "
-            f"{seconds:.1f}s  {best_text}",
+            f"trial {trial.number:>3} {state:<8} {outcome}  [{describe_params(trial.params)}]"
+            f"{recipe_mark(trial)}  {seconds:.1f}s  {best_text}",
             markup=False, highlight=False, soft_wrap=True,
         )
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
@@ -140,21 +146,25 @@ def final_value(trial: FrozenTrial, index: int) -> float | None:
 
 
 def leaderboard(study: optuna.Study, *, metric: str, top: int = 10) -> Table:
-    """The top trials by the first objective (`metric`: comma-separated names, one per value)."""
+    """The top trials by the first objective (`metric`: comma-separated names, one per value);
+    a study's standard recipes are named in a column "recipe"."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(trials, key=lambda t: float(t.values[0]), reverse=reverse)[:top]
     rows = [key_columns(t.params) for t in ranked]
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    names = metric.split(",")
-    table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {names[0]}")
-    for column in ("rank", "trial", *names):
+    recipes = [str(t.user_attrs.get(names.RECIPE) or "") for t in ranked]
+    metrics = metric.split(",")
+    table = Table(title=f"top {len(ranked)} trials of study {study.study_name!r} by {metrics[0]}")
+    for column in ("rank", "trial", *metrics):
         table.add_column(column, justify="right", no_wrap=True)
+    if any(recipes):
+        table.add_column("recipe", no_wrap=True)
     for column in columns:
         table.add_column(column, no_wrap=True)
-    for rank, (trial, row) in enumerate(zip(ranked, rows, strict=True), 1):
+    for rank, (trial, row, recipe) in enumerate(zip(ranked, rows, recipes, strict=True), 1):
         table.add_row(str(rank), str(trial.number), *(f"{v:.4f}" for v in trial.values),
-                      *(row.get(c, "") for c in columns))
+                      *([recipe] if any(recipes) else []), *(row.get(c, "") for c in columns))
     return table
 
 

@@ -10,31 +10,24 @@ that finds the queue empty starts nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from objectives.config import TrialConfig
 from search.core import names
 from search.core.errors import UsageError
 from search.core.names import (
     EXHAUSTED,
     GRID,  # noqa: F401 (re-exported)
 )
+from search.study import completion
 from search.study.narrowing import (
     Narrowing,
-    StandIn,
     convert,
     describe_distribution,
     parameters,
@@ -49,41 +42,11 @@ class GridDone(Exception):
     """A worker asked for a point and none was left: its search ends."""
 
 
-def _defaults(spec: spaces.Study) -> dict[str, Any]:
-    """A parameter's value when neither the grid nor --fix gives one: the study's `defaults`,
-    else the TrialConfig field of its name."""
-    fields = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
-    return {**fields, **spec.defaults}
-
-
-def _contains(distribution: BaseDistribution, value: Any) -> bool:
-    if isinstance(distribution, CategoricalDistribution):
-        return value in distribution.choices
-    assert isinstance(distribution, (FloatDistribution, IntDistribution))
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and distribution.low <= value <= distribution.high)
-
-
-class _Completer(StandIn):
-    """Takes each parameter from `given`, else from `defaults` if the space's range holds it,
-    and keeps what the space asked in `params`."""
-
-    def __init__(self, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-        self.given, self.defaults = given, defaults
-        self.params: dict[str, Any] = {}
-
-    def choose(self, name: str, distribution: BaseDistribution) -> Any:
-        if name in self.given:
-            value = self.given[name]
-        elif name in self.defaults and _contains(distribution, self.defaults[name]):
-            value = self.defaults[name]
-        else:
-            shown = describe_distribution(distribution)
-            raise UsageError(f"--sampler grid: {name} ({shown}) has no default in this "
-                             f"study's space; give it with --fix {name}=VALUE or --grid "
-                             f"{name}=A,B")
-        self.params[name] = value
-        return value
+def _no_default(name: str, distribution: BaseDistribution) -> Any:
+    shown = describe_distribution(distribution)
+    raise UsageError(f"--sampler grid: {name} ({shown}) has no default in this "
+                     f"study's space; give it with --fix {name}=VALUE or --grid "
+                     f"{name}=A,B")
 
 
 def points(spec: spaces.Study, settings: Any, narrowing: Narrowing,
@@ -110,12 +73,12 @@ def points(spec: spaces.Study, settings: Any, narrowing: Narrowing,
         values = [convert(name, t.strip(), known[name], flag="--grid")
                   for t in text.split(",") if t.strip()]
         axes[name] = list(dict.fromkeys(values))  # in the order given, each once
-    defaults = _defaults(spec)
+    defaults = completion.defaults(spec)
     found: list[dict[str, Any]] = []
     reached: set[str] = set()
     for combination in itertools.product(*axes.values()):
         given = {**narrowing.fixed, **dict(zip(axes, combination, strict=True))}
-        completer = _Completer(given, defaults)
+        completer = completion.Completer(given, defaults, missing=_no_default)
         space(cast(optuna.Trial, completer), settings)
         reached.update(completer.params)
         if completer.params not in found:  # a value under a choice this point does not take

@@ -2,9 +2,9 @@
 
 `plan` is pure: it reads the options, the study's space and what its storage already holds
 (attributes, number of trials) and returns a frozen `Plan`: the study's name and fixed settings,
-the metrics it optimizes, the narrowing, grid and balance, the budget, and the attributes the
-study is to hold. Opening storages, loading data, creating the Optuna study and its MLflow run
-follow from it (search.execution.session).
+the metrics it optimizes, the narrowing, grid and balance, the budget, the recipes it runs
+first, and the attributes the study is to hold. Opening storages, loading data, creating the
+Optuna study and its MLflow run follow from it (search.execution.session).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from search.core.urls import mask_url
 from search.study import balance as balance_module
 from search.study import grid as grid_module
 from search.study import narrowing as narrowing_module
+from search.study import recipes as recipes_module
 from search.study.optuna_study import OBJECTIVES
 from search.study.settings import RESOLUTION_SEARCH, StudySettings, reconcile
 
@@ -91,12 +92,19 @@ class Plan:
     budget: int
     attrs: dict[str, Any]  # the study's user attributes, in the order they are set
     notes: tuple[str, ...] = ()  # what the command tells its user about the plan
+    # The recipes a new study runs as its first trials, in order (search.study.recipes).
+    recipes: tuple[recipes_module.Recipe, ...] = ()
 
 
 def plan(options: SearchOptions, spec: spaces.Study, stored: Stored, *,
-         reference: str | None = None) -> Plan:
+         reference: str | None = None,
+         own_recipes: Sequence[recipes_module.Recipe] = ()) -> Plan:
     """The search `options` ask of study `spec`, given what its storage holds: no I/O.
-    `reference`: the file or module:NAME the space was found by, kept to find it again."""
+    `reference`: the file or module:NAME the space was found by, kept to find it again.
+    `own_recipes`: the recipes of `options.recipe_files`, as `recipes.read_files` read them."""
+    if options.recipe_files and not own_recipes and options.worker is None:
+        raise ValueError("plan() reads no file: give it own_recipes=recipes.read_files("
+                         "options.recipe_files)")
     teacher, weights = options.teacher, options.weights
     name = study_name(options, spec)
     seed = spec.seed if options.seed is None else options.seed
@@ -133,10 +141,16 @@ def plan(options: SearchOptions, spec: spaces.Study, stored: Stored, *,
         budget = len(grid.points)
         attrs[names.GRID] = grid.axes
     attrs[names.BUDGET] = budget
+    # A launcher's workers queue nothing: the launcher did, before they started.
+    recipes = recipes_module.for_study(
+        spec, settings, narrowing, asked=options.recipes, own=own_recipes,
+        sampler=options.sampler, new=not stored.trials and options.worker is None,
+        budget=budget)
+    notes += recipes.notes
     return Plan(name=name, seed=seed, fixed=fixed, settings=settings, metrics=metrics,
                 directions=directions, narrowing=narrowing, grid=grid, balance=balance,
                 budget=budget, attrs=attrs,
-                notes=tuple(notes) if options.worker is None else ())
+                notes=tuple(notes) if options.worker is None else (), recipes=recipes.run)
 
 
 def study_name(options: SearchOptions, spec: spaces.Study) -> str:

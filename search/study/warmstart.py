@@ -73,17 +73,32 @@ def export_best(study: optuna.Study, k: int, path: str | Path) -> list[dict[str,
     return configs
 
 
-def read_configurations(path: str | Path) -> list[dict[str, Any]]:
-    """The parameter dicts in the JSON file `path`; any problem is one UsageError line."""
+def read_json(path: str | Path, *, what: str = "configurations") -> Any:
+    """What the JSON file `path` holds; a file that cannot be read, or is not JSON, is one
+    UsageError line (`what` it was to hold: "cannot read configurations from PATH")."""
     try:
         text = Path(path).read_bytes()  # json decodes it: bytes that are not text are bad JSON
     except OSError as e:
-        raise UsageError(f"cannot read configurations from {path} "
+        raise UsageError(f"cannot read {what} from {path} "
                          f"({e.strerror or first_line(e)})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise UsageError(f"{path} is not JSON ({first_line(e)})") from None
+
+
+def check_values(path: str | Path, where: str, config: Mapping[str, Any]) -> None:
+    """One UsageError line for a parameter of `config` (`where` in `path`: "entry 3") whose
+    value is not a number, string, boolean or null."""
+    for name, value in config.items():  # JSON keys are strings: the values may not be
+        if not isinstance(value, SCALARS):
+            raise UsageError(f"{path}: {where}, parameter {name!r} is a "
+                             f"{type(value).__name__}, not a number, string, boolean or null")
+
+
+def read_configurations(path: str | Path) -> list[dict[str, Any]]:
+    """The parameter dicts in the JSON file `path`; any problem is one UsageError line."""
+    data = read_json(path)
     expected = "a JSON list of parameter objects, as search.report --export-best writes"
     if not isinstance(data, list) or not data:
         raise UsageError(f"{path} holds no configuration: expected {expected}")
@@ -91,10 +106,7 @@ def read_configurations(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(config, dict):
             raise UsageError(f"{path}: entry {i} is a {type(config).__name__}, not a parameter "
                              f"object: expected {expected}")
-        for name, value in config.items():  # JSON keys are strings: the values may not be
-            if not isinstance(value, SCALARS):
-                raise UsageError(f"{path}: entry {i}, parameter {name!r} is a "
-                                 f"{type(value).__name__}, not a number, string, boolean or null")
+        check_values(path, f"entry {i}", config)
     return data
 
 

@@ -168,6 +168,8 @@ def _rebuild(client: MlflowClient, name: str, trial: FrozenTrial, experiment_id:
     first = names.retry_of(trial)
     if first is not None:
         tags["search.retry_of_trial"] = str(first)
+    if trial.user_attrs.get(names.RECIPE):
+        tags["search.recipe"] = str(trial.user_attrs[names.RECIPE])
     run_id = client.create_run(experiment_id, start_time=_ms(trial.datetime_start),
                                tags=tags, run_name=f"trial-{trial.number}").info.run_id
     epochs = [Metric(metrics[0], float(v), _ms(trial.datetime_complete), int(step))

@@ -189,8 +189,10 @@ def test_enqueued_configurations_come_first_and_only_once() -> None:
 @pytest.mark.slow  # a real search
 def test_report_exports_the_best_configurations(workdir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # Sampled configurations only: a recipe's would be queued again by the warm start, and
+    # skipped as one the study has (the recipes of a new study come first).
     assert search_run.main(["--study", "digits", "--epochs", "1", "--trials", "3",
-                            "--pruner", "none"]) == 0
+                            "--pruner", "none", "--recipes", "none"]) == 0
     capsys.readouterr()
     out = workdir / "warm" / "best.json"
     assert report.main(["--study", "digits", "--export-best", "2", str(out)]) == 0
@@ -210,13 +212,16 @@ def test_report_exports_the_best_configurations(workdir: Path,
     assert warmstart.applicable(configs, space, source=str(out)).note is None
 
 
-    # search.run tries them first in another study, from the file or from the study itself.
+    # search.run tries them first in another study, from the file or from the study itself,
+    # right after the study's two standard recipes.
     fast = ["--study", "digits", "--epochs", "1", "--pruner", "none"]
-    assert search_run.main([*fast, "--name", "warm", "--trials", "2", "--enqueue", str(out)]) == 0
-    assert [t.params for t in load_study(workdir, "warm").trials] == configs
-    assert search_run.main([*fast, "--name", "warm2", "--trials", "1",
+    assert search_run.main([*fast, "--name", "warm", "--trials", "4", "--enqueue", str(out)]) == 0
+    warm = load_study(workdir, "warm").trials
+    assert [t.user_attrs.get("recipe") for t in warm] == ["adamw", "sgd", None, None]
+    assert [t.params for t in warm[2:]] == configs
+    assert search_run.main([*fast, "--name", "warm2", "--trials", "3",
                             "--enqueue-from", "digits:1"]) == 0
-    assert load_study(workdir, "warm2").trials[0].params == configs[0]
+    assert load_study(workdir, "warm2").trials[2].params == configs[0]
     assert "warm start: 1 configuration queued to run first" in capsys.readouterr().out
 
 
