@@ -91,7 +91,7 @@ def build_parser() -> Parser:
     group.add_argument("--race", type=race_text, default=None, metavar="K,R|none",
                        help="end the search by retraining the K best configurations and the "
                             "best recipe on R fresh resamplings of train + validation, and pick "
-                            "by the mean (default 3,3; none: the best trial is the answer)")
+                            "by the mean (default 2,3; none: the best trial is the answer)")
     group = parser.add_argument_group("workers (Optuna's distributed model: one storage)")
     group.add_argument("--workers", type=positive_int, default=None,
                        help="worker processes on this node (default: one per GPU and "

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.core import names
 from search.study.stats import interval
 
-DEFAULT = (3, 3)  # finalists searched, resamplings: see docs/fair-comparison.md for why
+DEFAULT = (2, 3)  # finalists searched, resamplings: see docs/fair-comparison.md for why
 CONFIDENCE = 0.95  # one-sided, of the paired bound that drops a finalist or replaces the recipe
 SEARCHED, RECIPE, LEADER = "searched", "recipe", "leader"  # the decisions
 
