@@ -189,7 +189,7 @@ def test_a_search_ends_with_a_tracked_paired_race(workdir: Path,
     assert "race: " in out and f"answer: {result.statement}" in out
     assert "the race" in out and "epochs" in out  # its cost beside the search's
     labels = [e.label for e in result.finalists]
-    assert len(labels) == min(3, len(searched)) + 1  # the 3 best searched + the best recipe
+    assert len(labels) == min(2, len(searched)) + 1  # the 2 best searched + the best recipe
     assert labels[-1].startswith("recipe ") and len(searched) >= 2
     runs = _race_runs(workdir, "curves")
     seeds: dict[int, set[int]] = {}
