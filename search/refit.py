@@ -1,6 +1,7 @@
 """`python -m search.refit --study NAME [--trial N]`: retrain a trial's config, test it, save it.
 
-The best trial (or trial N) is trained again on train + validation for its study's full epochs,
+The best trial (or trial N) is trained again on train + validation under a refit rule
+(`--refit-rule`: by default its epochs and batch size; see search.review.refit.REFIT_RULES),
 then evaluated once on the held-out test split, which the search never touched, and on a
 shifted test set (common corruptions at fixed severities). Everything goes to one MLflow run,
 linked to the trial and nested under the study's run; the model is logged with
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from search.core.cli import Parser, invoke, positive_int, store_parser, teacher_parser
-from search.review.refit import RefitRequest, refit
+from search.review.refit import REFIT_RULE, REFIT_RULES, RefitRequest, refit
 
 PROG = "search.refit"
 
@@ -39,6 +40,12 @@ def build_parser() -> Parser:
                              "search.report's verdict then rests on these tests")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help="with --per-family: seeds per family (default 3)")
+    parser.add_argument("--refit-rule", choices=REFIT_RULES, default=None,
+                        help="how the config trains on train + validation, more images than "
+                             "it was chosen on: same epochs and batch size; the same number of "
+                             "optimizer steps (fewer epochs); or a batch as much larger, for "
+                             f"the same steps an epoch (default: {REFIT_RULE}, the best in "
+                             "search.bench --only refit-rule)")
     return parser
 
 
@@ -58,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     width = max(len(k) for k in result["metrics"])
     print(f"refit of trial {result['trial']} -> MLflow run {result['run_id']}")
+    print(f"refit rule {result['refit_rule']}: {result['trained']} on train -> "
+          f"{result['refitted']} on train + validation")
     for key, value in sorted(result["metrics"].items()):
         print(f"  {key:<{width}}  {value:.4f}")
     print(f"model: {result['model_uri']}")

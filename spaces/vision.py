@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import optuna
 
 RESOLUTIONS = (32, 64, 96, 128, 224)  # ImageNet backbones transfer better above 32x32
-BATCH_SIZES = (64, 128, 256, 512)
+BATCH_SIZES = (16, 32, 64, 128, 256, 512)  # fitted to each study's data: search.study.batches
 STAGES = 5  # objectives.backbones.NUM_STAGES; freeze depth 5 trains the head alone
 DEFAULT_DATA_DIR = Path("data")
 # The image studies' standard recipes (spaces.Study.recipes), run as a new study's first trials:

@@ -19,6 +19,9 @@
 8. scale: coordination at 1, 8, 32 and 64 workers of the curves study on the journal file,
    PostgreSQL and Redis with MLflow on SQLite and on a server (`search.bench.scale`); only with
    `--only scale`, about 20 minutes.
+9. refit-rule: search.refit's rules (same epochs and batch, same steps, batch scaled with the
+   data) compared inside the labelled pool, never on test (`search.bench.refit_rule`): digits,
+   and cifar10-transfer with --data-dir; only with `--only refit-rule`.
 
 Rounds alternate bare and tracked runs so that a noisy neighbour hurts both; medians are quoted.
 """
@@ -49,8 +52,8 @@ from search.storage.optuna_storage import open_storage
 from spaces import Settings
 
 SECTIONS = ("overhead", "pruning", "quickstart", "throughput", "workers", "gpu", "quality",
-            "scale")
-ON_REQUEST = ("quality", "scale")  # not part of a run without --only
+            "scale", "refit-rule")
+ON_REQUEST = ("quality", "scale", "refit-rule")  # not part of a run without --only
 
 
 def _sample_params(count: int, *, seed: int, epochs: int) -> list[dict[str, Any]]:
@@ -228,8 +231,9 @@ def build_parser() -> Parser:
                         help="trials per overhead round")
     parser.add_argument("--rounds", type=positive_int, default=3, help="overhead rounds")
     parser.add_argument("--seeds", type=seed_list, default=None, metavar="N|S,S,...",
-                        help="seeds of the pruning and quality comparisons: a count N (seeds "
-                             "0..N-1) or a list such as 0,1,2 (default: quality 3; pruning 20 "
+                        help="seeds of the pruning, quality and refit-rule comparisons: a "
+                             "count N (seeds 0..N-1) or a list such as 0,1,2 (default: quality "
+                             "and refit-rule 3; pruning 20 "
                              "on curves, 5 on digits)")
     parser.add_argument("--pruning-study", choices=("curves", "digits"), action="append",
                         help="pruning section: compare on this study only (repeatable; "
@@ -242,6 +246,16 @@ def build_parser() -> Parser:
                         help="quality section: the search's budget (default: the study's)")
     parser.add_argument("--quality-epochs", type=positive_int, default=None, metavar="N",
                         help="quality section: epochs of every run (default: the study's)")
+    refit = parser.add_argument_group("refit-rule section")
+    refit.add_argument("--refit-study", choices=("digits", "cifar10-transfer"),
+                       action="append", help="the study to simulate (repeatable; default: "
+                       "digits, and cifar10-transfer with --data-dir)")
+    refit.add_argument("--refit-sampled", type=positive_int, default=6, metavar="N",
+                       help="configurations drawn from the space for the short search "
+                            "(default 6)")
+    refit.add_argument("--refit-keep", type=positive_int, default=2, metavar="K",
+                       help="the short search's best, compared with the two recipes "
+                            "(default 2)")
     from search.bench.scale import SETUPS, WORKERS
 
     scale = parser.add_argument_group("scale section")
@@ -282,6 +296,9 @@ def _check_options(args: argparse.Namespace) -> str:
         raise UsageError(f"--data-dir {args.data_dir} is not a folder: give the folder of "
                          "CIFAR-10 (JPEG folders or cifar-10-batches-py/), or leave it out for "
                          "the throughput section's random images")
+    if "cifar10-transfer" in (args.refit_study or ()) and args.data_dir is None:
+        raise UsageError("--refit-study cifar10-transfer needs --data-dir FOLDER, the folder "
+                         "of CIFAR-10 (train/ and test/ JPEG folders, or cifar-10-batches-py/)")
     if "quality" in (args.only or ()) and args.data_dir is None:
         raise UsageError("--only quality needs --data-dir FOLDER, the folder of CIFAR-10 "
                          "(train/ and test/ JPEG folders, or cifar-10-batches-py/)")
@@ -312,6 +329,18 @@ def _run_sections(sections: list[str], args: argparse.Namespace, device: str,
         status = run_gpu(device=device, size=size, budget=args.budget, workdir=workdir / "gpu")
     if "quality" in sections and not _quality_section(args, device):
         return 2
+    if "refit-rule" in sections:
+        from search.bench.refit_rule import run as refit_rules
+
+        studies = args.refit_study or ["digits"] + ["cifar10-transfer"] * bool(args.data_dir)
+        print(f"refit-rule: {', '.join(studies)}, refit rules compared on held-out parts of "
+              "train + validation", flush=True)
+        try:
+            refit_rules(studies, seeds=args.seeds or [0, 1, 2], sampled=args.refit_sampled,
+                        keep=args.refit_keep, data_dir=args.data_dir, device=device)
+        except InputError as e:
+            print(f"search.bench: error: {e}", file=sys.stderr)
+            return 2
     return status
 
 

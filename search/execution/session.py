@@ -282,6 +282,11 @@ def open_search(options: SearchOptions) -> Search:
                                               time_scale=options.time_scale)
     # Bad input (missing or corrupt data, a bad teacher): exit 2 before any trial.
     task = load_task(spec, task_options, options.load_device or device)
+    if stored.attrs is None:  # a new study: pin batch sizes that fit its training split
+        from search.study import batches
+
+        planned = batches.fit(planned, spec, len(task.data.train),
+                              queued=warm.configs if warm is not None else ())
     teacher = _teacher(options, task, stores, planned.settings)
     study = _create_study(planned, storage, options, existing=stored.trials)
     tracker, parent, run_tags = _study_run(planned, spec, study, options, stores, device)

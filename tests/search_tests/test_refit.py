@@ -22,7 +22,7 @@ from objectives.train import fine_tune
 from search.core import runtime
 from search.refit import main
 from search.review import refit as refit_module
-from search.review.refit import _run_tags, evaluate
+from search.review.refit import REFIT_RULE, _run_tags, evaluate, refit_config
 from search.run import main as run_main
 from tests.search_tests.conftest import client, load_study
 from tests.support import Untouchable, with_test
@@ -78,8 +78,15 @@ def test_refit_of_the_best_trial_reloads_and_reproduces_its_test_accuracy(
         assert 0 <= metrics[f"corrupt/{corruption}"] <= 1
     assert metrics["test_corruption_accuracy"] <= metrics["test_accuracy"] + 0.05
     assert {f"test_recall/{name}" for name in ("5", "6", "7", "8", "9")} <= set(metrics)
-    # Trained on train + validation, at the trial's settings.
-    assert run.data.params["lr"] == str(best.params["lr"]) and run.data.params["epochs"] == "3"
+    # Trained on train + validation (150 + 373 images), at the trial's settings, its epochs
+    # and batch size as the default refit rule makes them; the rule is recorded.
+    assert run.data.params["lr"] == str(best.params["lr"])
+    refit = refit_config(TrialConfig(epochs=3, batch_size=best.params["batch_size"]),
+                         REFIT_RULE, trained_on=150, refit_on=523)
+    assert (run.data.params["epochs"], run.data.params["batch_size"]) == (
+        str(refit.epochs), str(refit.batch_size))
+    assert run.data.tags["search.refit_rule"] == REFIT_RULE
+    assert f"refit rule {REFIT_RULE}: 3 epochs of batch {best.params['batch_size']}" in out
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
