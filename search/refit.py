@@ -25,7 +25,7 @@ def build_parser() -> Parser:
     parser = Parser(prog=PROG, parents=[store_parser(), teacher_parser()],
                     description="Retrain a trial's config on train + validation and test it.")
     parser.add_argument("--trial", type=int, default=None,
-                        help="trial number (default: the best trial)")
+                        help="trial number (default: the race's pick, else the best trial)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--data-dir", default=None, help="as given to search.run")
     parser.add_argument("--weights", default=None, metavar="PATH",

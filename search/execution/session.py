@@ -28,7 +28,7 @@ from search.core.runtime import (
 )
 from search.core.urls import mask_text, mask_url
 from search.execution import recovery
-from search.execution.trial import TrialRunner
+from search.execution.trial import TrialRunner, Variant
 from search.storage import stores as stores_module
 from search.storage.optuna_storage import open_storage, unavailable
 from search.study import balance as balance_module
@@ -84,6 +84,7 @@ class Search:
     grid: bool = False  # runs the queued points of --grid only
     balance: balance_module.Balance | None = None  # --balance: each family its share of trials
     notes: list[str] = field(default_factory=list)  # what the command tells its user as it opens
+    variant: Variant | None = None  # a race's runs (search.execution.race), not the search's
 
     @property
     def epochs(self) -> int:
@@ -119,7 +120,8 @@ class Search:
                              parent_run_id=self.parent_run_id, settings=self.settings,
                              device=self.device, compile=self.compile, tags=tags,
                              checkpoint_dir=self.stores.checkpoint_dir, metrics=self.metrics,
-                             checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher)
+                             checkpoint_seconds=self.checkpoint_seconds, teacher=self.teacher,
+                             variant=self.variant)
         failures = _FailureGuard(limit=max(self.budget, 10))
         limit_gpu_memory(self.device)
         if self.grid:
