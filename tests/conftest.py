@@ -27,14 +27,17 @@ for variable in ("no_proxy", "NO_PROXY"):
 
 @pytest.fixture(autouse=True)
 def no_default_race(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A search in a test ends without the race (search.study.race) unless the test is marked
-    `race` or asks for one with --race: the race retrains a dozen runs, which a test of
-    anything else neither checks nor should wait for (tests/search_tests/test_race.py and the
-    tests marked `race` check it)."""
-    if request.node.get_closest_marker("race") is None:
-        from search.study import race
+    """A search in a test, in this process or a child, ends without the race
+    (search.study.race) unless the test is marked `race` or asks for one with --race: the race
+    retrains a run per finalist and resampling, which a test of anything else neither checks
+    nor should wait for (tests/search_tests/test_race.py and the tests marked `race` check it).
+    It goes through the variable a user sets a default with."""
+    from search.study.race import RACE_ENV
 
-        monkeypatch.setattr(race, "DEFAULT_RACE", None)
+    if request.node.get_closest_marker("race") is None:
+        monkeypatch.setenv(RACE_ENV, "none")
+    else:
+        monkeypatch.delenv(RACE_ENV, raising=False)
 
 
 @pytest.fixture

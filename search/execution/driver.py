@@ -7,13 +7,14 @@ forked warm runs that function (search.execution.forked), so nothing here calls 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,27 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+@contextlib.contextmanager
+def closed_after(search: Search, warn: Callable[[str], None]) -> Iterator[dict[str, str]]:
+    """Run the block, then close `search` with the status its end implies: KILLED when
+    interrupted (or when the block sets it, for a launcher stopped by a signal), FAILED when
+    the GPU or MLflow failed for good, else FINISHED; `warn` gets each tracking error."""
+    from search.core.errors import DeviceFailed, TrackingLost
+
+    state = {"status": "FINISHED"}
+    try:
+        yield state
+    except KeyboardInterrupt:
+        state["status"] = "KILLED"
+        raise
+    except (DeviceFailed, TrackingLost):
+        state["status"] = "FAILED"
+        raise
+    finally:
+        for error in search.close(status=state["status"]):
+            warn(error)
+
+
 def run(*, argv: Sequence[str] = (), timeout: float | None = None, workers: int | None = None,
         gpus: list[str] | None = None, trials_per_gpu: int = 1, worker: int | None = None,
         worker_main: WorkerMain | None = None, **asked: Any) -> int:
@@ -73,7 +95,6 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
          worker_main: WorkerMain | None, **asked: Any) -> int:
     from rich.console import Console
 
-    from search.core.errors import DeviceFailed, TrackingLost
     from search.core.urls import mask_url
     from search.execution.forked import stop_forkserver
     from search.execution.launch import Outcome, launch, physical_gpus, plan_workers
@@ -104,7 +125,7 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
                   f"storage {mask_url(search.stores.storage)}, tracking "
                   f"{mask_url(search.stores.tracking_uri)}"
                   + (f"; {len(plans)} workers" if many else ""), markup=False, highlight=False)
-    status, outcome = "FINISHED", Outcome()
+    outcome = Outcome()
     started = time.monotonic()
     log_dir = Path("mlruns") / "logs" / name
 
@@ -113,7 +134,11 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
                       warn=lambda line: print(f"warning: {line}", file=sys.stderr))
 
     race = Race()
-    try:
+
+    def warn(error: str) -> None:
+        console.print(f"warning: {error}", markup=False, highlight=False)
+
+    with closed_after(search, warn) as state:
         with ProgressDisplay(console, budget=search.budget, finished=search.finished,
                              metric=",".join(search.metrics)) as display:
             if many:
@@ -124,17 +149,8 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
         if outcome.stopped is None and search.finished >= search.budget:
             outcome = _race(search, size, race, console=console, timeout=timeout,
                             workers=run_workers if many else None) or outcome
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except (DeviceFailed, TrackingLost):
-        status = "FAILED"
-        raise
-    finally:
         if outcome.stopped is not None:
-            status = "KILLED"
-        for error in search.close(status=status):
-            console.print(f"warning: {error}", markup=False, highlight=False)
+            state["status"] = "KILLED"
     return _ending(search, outcome, console, started, race)
 
 
@@ -165,7 +181,6 @@ def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console
           ) -> Outcome | None:
     """The race of a finished single-objective search (search.execution.race): prepared here,
     run here or by the workers, decided and stored. Returns the workers' outcome, if any."""
-    from search.core.errors import DeviceFailed, TrackingLost
     from search.execution import race as racing
 
     race.note = racing.wanted(search, size)
@@ -182,26 +197,17 @@ def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console
         console.print(f"race: {len(chosen)} finalists ({', '.join(f.label for f in chosen)}) "
                       f"on {prepared.user_attrs.get(racing.RESAMPLINGS)} fresh resamplings of "
                       "train + validation", markup=False, highlight=False)
-        status = "FINISHED"
         display = racing.RaceDisplay(console, search.metrics[0])
-        try:
+        with closed_after(opened, lambda error: console.print(
+                f"warning: {error}", markup=False, highlight=False)) as state:
             if workers is not None:
                 outcome = workers(opened, display)
             else:
                 opened.optimize(timeout=timeout, callbacks=[display])
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except (DeviceFailed, TrackingLost):
-            status = "FAILED"
-            raise
-        finally:
             if outcome is not None and outcome.stopped is not None:
-                status = "KILLED"
+                state["status"] = "KILLED"
             if not racing.pending(prepared):
                 opened.run_tags.update(racing.tags(racing.decide(search, prepared)))
-            for error in opened.close(status=status):
-                console.print(f"warning: {error}", markup=False, highlight=False)
     race.seconds = time.monotonic() - started
     race.runs = len(prepared.get_trials(deepcopy=False))
     if racing.pending(prepared):
@@ -296,30 +302,20 @@ def choose_gpus(gpus: list[str] | None, *, device: str) -> list[str] | None:
 def _work(*, timeout: float | None, options: SearchOptions, size: RaceSize | None) -> int:
     """One worker of a launcher: trials until the budget, then the race's queued runs, once
     the launcher has prepared it; the launcher shows the progress."""
-    from search.core.errors import DeviceFailed, TrackingLost
     from search.execution import race as racing
     from search.execution.session import open_search
 
     search = open_search(options)
-    status = "FINISHED"
-    try:
+
+    def warn(error: str) -> None:
+        print(f"warning: {error}", file=sys.stderr)
+
+    with closed_after(search, warn):
         search.optimize(timeout=timeout)
         prepared = (racing.find(search) if racing.wanted(search, size) is None
                     and search.finished >= search.budget else None)
         if prepared is not None and racing.pending(prepared):
             opened = racing.open_race(search, prepared, owner=False)
-            try:
+            with closed_after(opened, warn):
                 opened.optimize(timeout=timeout)
-            finally:
-                for error in opened.close():
-                    print(f"warning: {error}", file=sys.stderr)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except (DeviceFailed, TrackingLost):
-        status = "FAILED"
-        raise
-    finally:
-        for error in search.close(status=status):
-            print(f"warning: {error}", file=sys.stderr)
     return 0 if search.finished >= search.budget else 1

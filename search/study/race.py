@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import zlib
 from collections.abc import Mapping, Sequence
@@ -49,14 +50,20 @@ class RaceSize:
     resamplings: int  # R rounds, one resampling each
 
 
-DEFAULT_RACE: RaceSize | None = RaceSize(*DEFAULT)  # what a search without --race runs
+RACE_ENV = "FINETUNE_SEARCH_RACE"  # a default for --race (K,R or none) where none is given
 
 
 def parse_race(text: str | None) -> RaceSize | None:
-    """`--race K,R` as a RaceSize, `none` as None, None (not given) as the default; ValueError
-    (one line) for anything else."""
+    """`--race K,R` as a RaceSize, `none` as None; not given (None): $FINETUNE_SEARCH_RACE when
+    set, else the default. ValueError (one line) for anything else."""
     if text is None:
-        return DEFAULT_RACE
+        found = os.environ.get(RACE_ENV, "").strip()
+        if not found:
+            return RaceSize(*DEFAULT)
+        try:
+            return parse_race(found)
+        except ValueError as e:
+            raise ValueError(f"{e} (from ${RACE_ENV})") from None
     if text.strip().lower() == "none":
         return None
     parts = [p.strip() for p in text.split(",")]

@@ -79,6 +79,19 @@ def test_race_sizes() -> None:
             race.parse_race(bad)
 
 
+def test_a_default_race_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(race.RACE_ENV, raising=False)
+    assert race.parse_race(None) == race.RaceSize(*race.DEFAULT)
+    monkeypatch.setenv(race.RACE_ENV, "4,2")
+    assert race.parse_race(None) == race.RaceSize(4, 2)
+    assert race.parse_race("1,3") == race.RaceSize(1, 3)  # the flag wins
+    monkeypatch.setenv(race.RACE_ENV, "none")
+    assert race.parse_race(None) is None
+    monkeypatch.setenv(race.RACE_ENV, "lots")
+    with pytest.raises(ValueError, match=r"got 'lots' \(from \$FINETUNE_SEARCH_RACE\)"):
+        race.parse_race(None)
+
+
 @pytest.mark.parametrize("text", ["0,3", "x", "4,1"])
 def test_a_bad_race_is_one_line_and_exit_2(text: str, capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch

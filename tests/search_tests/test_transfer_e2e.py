@@ -109,6 +109,7 @@ def test_bad_folders_and_options_are_one_line_and_create_nothing(
     assert not (workdir / "mlruns" / "mlflow.db").exists()
 
 
+@pytest.mark.race  # its searches, child processes as a user runs them, end with their race
 def test_quality_benchmark_on_tiny_data(workdir: Path, cifar_jpg: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["--only", "quality", "--data-dir", str(cifar_jpg), "--seeds", "0,1",
