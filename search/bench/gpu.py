@@ -125,7 +125,7 @@ class Steps:
         return ["-m", "search.run", "--study", "cifar10", "--name", name, "--data-dir", "data",
                 "--weights", "resnet18.pt", "--device", self.device, "--resolution", "32",
                 "--epochs", str(self.size.epochs), "--trials", str(trials), "--pruner", "none",
-                *more]
+                "--race", "none", *more]  # the queued trials are what is measured
 
     def probe(self, step: str, probe: str, **kwargs: Any) -> list[str]:
         return ["-m", "search.bench.steps", probe, json.dumps(kwargs), f"{step}.json"]

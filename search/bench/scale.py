@@ -189,7 +189,9 @@ def run_one(setup: str, workers: int, stores: Stores, *, workdir: Path, time_sca
     storage, tracking = stores.urls(folder)
     command = [sys.executable, "-m", "search.run", "--study", "curves", "--name", name,
                "--storage", storage, "--tracking-uri", tracking, "--workers", str(workers),
-               "--trials", str(budget), "--time-scale", str(time_scale), "--seed", "0"]
+               "--trials", str(budget), "--time-scale", str(time_scale), "--seed", "0",
+               # coordination of the trials alone, comparable with the figures before them
+               "--recipes", "none", "--race", "none"]
     busy = _cpu_ticks()
     started = time.perf_counter()
     with open(folder / "launcher.log", "w+") as log:

@@ -227,7 +227,11 @@ def _open(name: str, *, device: str, resolution: int, epochs: int, trials: int,
 
     search = open_search(SearchOptions(
         study="cifar10", name=name, data_dir="data", weights="resnet18.pt", device=device,
-        resolution=resolution, epochs=epochs, trials=trials, pruner="none", sampler="random"))
+        resolution=resolution, epochs=epochs, trials=trials, pruner="none", sampler="random",
+        # The queued copies of `params` are the trials measured: no recipe before them, and
+        # their batch size among the choices, whatever the data's size would leave.
+        recipes="none", choices=[("batch_size", str(params["batch_size"]))]
+        if "batch_size" in params else ()))
     for _ in range(trials):
         search.study.enqueue_trial(params)
     search.task()

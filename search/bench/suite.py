@@ -110,7 +110,8 @@ def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
     for r in range(rounds):
         search = open_search(SearchOptions(
             study="digits", name=f"overhead-{r}", trials=trials, sampler="random",
-            pruner="none", device="cpu", **_stores(workdir / f"overhead-{r}")))
+            pruner="none", device="cpu", recipes="none",  # the trials paired are `params`
+            **_stores(workdir / f"overhead-{r}")))
         task = search.task()  # loaded (and cached in this process) outside both timings
         fine_tune(spec.space(_fixed(params[0]), Settings(epochs=1, seed=0)), task)  # warm
         for i, p in enumerate(params):
@@ -204,7 +205,8 @@ def workers(*, counts: tuple[int, ...] = (1, 2), trials: int = 24, rounds: int =
             result = subprocess.run(
                 [sys.executable, "-m", "search.run", "--study", "digits", "--name", name,
                  "--workers", str(n), "--trials", str(trials), "--sampler", "random",
-                 "--pruner", "none"], cwd=folder, capture_output=True, text=True, env=env)
+                 "--pruner", "none", "--race", "none"],  # the trials' throughput alone
+                cwd=folder, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(f"workers {n} failed: {result.stderr[-2000:]}")
