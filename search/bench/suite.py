@@ -110,8 +110,10 @@ def overhead(*, trials: int, rounds: int, workdir: Path) -> dict[str, float]:
     for r in range(rounds):
         search = open_search(SearchOptions(
             study="digits", name=f"overhead-{r}", trials=trials, sampler="random",
-            pruner="none", device="cpu", recipes="none",  # the trials paired are `params`
-            **_stores(workdir / f"overhead-{r}")))
+            pruner="none", device="cpu", **_stores(workdir / f"overhead-{r}"),
+            # The trials paired are `params`: no recipe before them, their batch sizes kept.
+            recipes="none", choices=[("batch_size", ",".join(
+                sorted({str(p["batch_size"]) for p in params})))]))
         task = search.task()  # loaded (and cached in this process) outside both timings
         fine_tune(spec.space(_fixed(params[0]), Settings(epochs=1, seed=0)), task)  # warm
         for i, p in enumerate(params):
