@@ -195,11 +195,7 @@ def decide(search: Search, race: optuna.Study) -> plan.Result:
     scores = scores_by_round(trials)
     out = dropped(trials)
     resamplings = int(race.user_attrs.get(RESAMPLINGS, 0))
-    failed = {f.label: sum(1 for r in range(1, resamplings + 1)
-                           if r not in scores.get(f.label, {})
-                           and (f.label not in out or r < out[f.label]))
-              for f in chosen}
-    return plan.decide(chosen, scores, dropped=out, failed=failed, resamplings=resamplings,
+    return plan.decide(chosen, scores, dropped=out, resamplings=resamplings,
                        maximize=race.direction == StudyDirection.MAXIMIZE,
                        metric=search.metrics[0], study=race.study_name,
                        epochs=epochs_trained(trials, search.epochs))

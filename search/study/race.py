@@ -237,7 +237,7 @@ class Result:
 
 
 def decide(finalists_: Sequence[Finalist], scores: Mapping[str, Mapping[int, float]], *,
-           dropped: Mapping[str, int], failed: Mapping[str, int], resamplings: int,
+           dropped: Mapping[str, int], resamplings: int,
            maximize: bool, metric: str, study: str, epochs: int = 0) -> Result:
     """The race's result from each finalist's scores by round and the round each dropped
     finalist left before."""
@@ -245,7 +245,7 @@ def decide(finalists_: Sequence[Finalist], scores: Mapping[str, Mapping[int, flo
     for f in finalists_:
         got = dict(scores.get(f.label, {}))
         entry = Entry(f.label, f.trial, f.params, f.value, f.recipe, got, dropped.get(f.label),
-                      failed.get(f.label, 0))
+                      _failed(got, dropped.get(f.label), resamplings))
         if got:
             spread = interval(list(got.values()))
             entry.mean = spread.mean
@@ -286,6 +286,12 @@ def decide(finalists_: Sequence[Finalist], scores: Mapping[str, Mapping[int, flo
         result.statement = (f"the {incumbent.label} is as good as anything found, within noise "
                             f"(the leader, {top.label}: {_gap(result)})")
     return result
+
+
+def _failed(scores: Mapping[int, float], dropped: int | None, resamplings: int) -> int:
+    """Rounds a finalist was due to run (before it was dropped, if it was) with no score."""
+    last = resamplings if dropped is None else dropped - 1
+    return sum(1 for r in range(1, last + 1) if r not in scores)
 
 
 def _mean(entry: Entry) -> str:
@@ -334,9 +340,9 @@ def race_table(result: Result) -> Any:
 
     table = Table(title=f"race: {len(result.finalists)} finalists on {result.resamplings} "
                         f"resamplings of train + validation ({result.metric})")
-    for i, name in enumerate(header(result)):
-        table.add_column(name, justify="left" if i in (0, len(header(result)) - 1)
-                         else "right")
+    names = header(result)
+    for i, name in enumerate(names):
+        table.add_column(name, justify="left" if i in (0, len(names) - 1) else "right")
     for row in rows(result):
         table.add_row(*row)
     return table

@@ -150,7 +150,7 @@ def _decide(scores: dict[str, dict[int, float]], **kw: Any) -> race.Result:
     chosen = [race.Finalist(label, i, {"lr": 0.1 * (i + 1)}, 0.9,
                             label.split()[1] if label.startswith("recipe") else None)
               for i, label in enumerate(scores)]
-    return race.decide(chosen, scores, dropped=kw.get("dropped", {}), failed={},
+    return race.decide(chosen, scores, dropped=kw.get("dropped", {}),
                        resamplings=3, maximize=True, metric="val_accuracy", study="s.race@9")
 
 
