@@ -1,7 +1,8 @@
 """`python -m search.run --study NAME`: run (or resume) a study's search, tracked in MLflow.
 
-Exit status: 0 when the study has its budget of finished trials, 1 when it stopped short (a
-timeout or too many failures: run the same command again to go on), 2 for bad input, 3 when the
+Exit status: 0 when the study has its budget of finished trials and its race (if any) is
+decided, 1 when either stopped short (a timeout or too many failures: run the same command again
+to go on), 2 for bad input, 3 when the
 GPU failed for good, 4 when MLflow tracking was lost (its writer died twice; `search.sync`
 rebuilds the runs from Optuna's record), 130 when interrupted.
 """
@@ -37,7 +38,8 @@ def build_parser() -> Parser:
                         help="budget of finished (complete or pruned) trials for the whole study; "
                              "default: the study's")
     parser.add_argument("--timeout", type=positive_float, default=None,
-                        help="stop starting new trials after this many seconds")
+                        help="stop starting new trials, or race runs, after this many seconds: "
+                             "one deadline for the search and its race")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="epochs per trial (default: the study's); fixed for a study's life")
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe")

@@ -4,7 +4,8 @@ Optuna's storage is the record of a study; MLflow is a view of it. The sync make
 again: it fails the trials of dead workers on this host (as a search start does), finds or
 rebuilds the study's experiment and parent run, rebuilds the run of every finished trial that
 has none (params, per-epoch objective metric, final metrics, state; no artifacts), and ends the
-runs still RUNNING whose trial has finished. A second sync changes nothing.
+runs still RUNNING whose trial has finished; then the same for the study's race (its runs, under
+the race's run, nested under the study's). A second sync changes nothing.
 
 A search calls `sync_study` as it ends, after its writer is flushed. From the command line,
 trials that finished less than --settle seconds ago are left alone: a live writer may still be
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in report.warnings:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         print(report.line())
+        if report.race is not None:
+            print(report.race.line())
     return status
 
 

@@ -21,6 +21,8 @@ RECIPE = "recipe"  # a study's standard recipe: the recipe's name (its MLflow ta
 RACE_FINALIST = "race_finalist"  # the finalist's label: "trial 12" or "recipe adamw"
 RACE_ROUND = "race_round"  # 1, 2, ... R
 RACE_RESAMPLING = "race_resampling"  # the seed of the resampled split and of training
+RACE_TAGS = {RACE_FINALIST: "search.race", RACE_ROUND: "search.race.round",
+             RACE_RESAMPLING: "search.race.resampling"}  # a race run's MLflow tags
 # Trial system attributes Optuna's retry callback writes.
 RETRY_OF = "failed_trial"  # on a retry: the first trial of its chain
 RETRY_HISTORY = "retry_history"  # on a retry: every trial it retries, oldest first

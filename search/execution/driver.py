@@ -129,8 +129,12 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
     started = time.monotonic()
     log_dir = Path("mlruns") / "logs" / name
 
-    def run_workers(target: Search, display: Any) -> Outcome:
-        return launch(target, argv, plans, display, log_dir=log_dir, worker_main=worker_main,
+    def run_workers(target: Search, display: Any, timeout: float | None = None) -> Outcome:
+        # A race's workers start again: they get what is left of --timeout (the last
+        # occurrence of a flag is the one argparse keeps).
+        left = [] if timeout is None else ["--timeout", f"{max(timeout, 0.001):.3f}"]
+        return launch(target, [*argv, *left], plans, display, log_dir=log_dir,
+                      worker_main=worker_main,
                       warn=lambda line: print(f"warning: {line}", file=sys.stderr))
 
     race = Race()
@@ -147,7 +151,8 @@ def _run(*, argv: Sequence[str], timeout: float | None, workers: int | None,
                 search.optimize(timeout=timeout, callbacks=[display])
         race.search_seconds = time.monotonic() - started
         if outcome.stopped is None and search.finished >= search.budget:
-            outcome = _race(search, size, race, console=console, timeout=timeout,
+            outcome = _race(search, size, race, console=console,
+                            timeout=time_left(timeout, started),
                             workers=run_workers if many else None) or outcome
         if outcome.stopped is not None:
             state["status"] = "KILLED"
@@ -174,11 +179,18 @@ class Race:
     search_seconds: float = 0.0
     seconds: float = 0.0
     runs: int = 0
+    stopped_short: bool = False  # queued runs are left: the answer is not known yet
+
+
+def time_left(timeout: float | None, started: float) -> float | None:
+    """What is left of `--timeout` (seconds from `started`, a monotonic time): one deadline
+    for the search and its race together, as the flag's user reads it."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
 
 def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console,
-          timeout: float | None, workers: Callable[[Search, Any], Outcome] | None
-          ) -> Outcome | None:
+          timeout: float | None,
+          workers: Callable[[Search, Any, float | None], Outcome] | None) -> Outcome | None:
     """The race of a finished single-objective search (search.execution.race): prepared here,
     run here or by the workers, decided and stored. Returns the workers' outcome, if any."""
     from search.execution import race as racing
@@ -191,7 +203,7 @@ def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console
         return None
     outcome = None
     started = time.monotonic()
-    if racing.pending(prepared):
+    if racing.pending(prepared) and (timeout is None or timeout > 0):
         opened = racing.open_race(search, prepared, owner=True)
         chosen = racing.stored_finalists(prepared)
         console.print(f"race: {len(chosen)} finalists ({', '.join(f.label for f in chosen)}) "
@@ -201,7 +213,7 @@ def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console
         with closed_after(opened, lambda error: console.print(
                 f"warning: {error}", markup=False, highlight=False)) as state:
             if workers is not None:
-                outcome = workers(opened, display)
+                outcome = workers(opened, display, timeout)
             else:
                 opened.optimize(timeout=timeout, callbacks=[display])
             if outcome is not None and outcome.stopped is not None:
@@ -211,7 +223,9 @@ def _race(search: Search, size: RaceSize | None, race: Race, *, console: Console
     race.seconds = time.monotonic() - started
     race.runs = len(prepared.get_trials(deepcopy=False))
     if racing.pending(prepared):
-        race.note = "the race stopped short: run the same command again to finish it"
+        race.stopped_short = True
+        race.note = ("the race stopped short" + (" (--timeout)" if timeout is not None else "")
+                     + ": run the same command again to finish it")
         return outcome
     race.result = racing.decide(search, prepared)
     racing.record(search, race.result)
@@ -255,7 +269,7 @@ def _ending(search: Search, outcome: Outcome, console: Console, started: float,
         console.print(f"the study stopped short of its budget ({finished} of {search.budget}); "
                       "run the same command again to go on", markup=False, highlight=False)
         return 1
-    return 0
+    return 1 if race is not None and race.stopped_short else 0
 
 
 def _race_ending(search: Search, race: Race, console: Console) -> None:
@@ -305,6 +319,7 @@ def _work(*, timeout: float | None, options: SearchOptions, size: RaceSize | Non
     from search.execution import race as racing
     from search.execution.session import open_search
 
+    started = time.monotonic()
     search = open_search(options)
 
     def warn(error: str) -> None:
@@ -314,8 +329,9 @@ def _work(*, timeout: float | None, options: SearchOptions, size: RaceSize | Non
         search.optimize(timeout=timeout)
         prepared = (racing.find(search) if racing.wanted(search, size) is None
                     and search.finished >= search.budget else None)
-        if prepared is not None and racing.pending(prepared):
+        left = time_left(timeout, started)
+        if prepared is not None and racing.pending(prepared) and (left is None or left > 0):
             opened = racing.open_race(search, prepared, owner=False)
             with closed_after(opened, warn):
-                opened.optimize(timeout=timeout)
+                opened.optimize(timeout=left)
     return 0 if search.finished >= search.budget else 1

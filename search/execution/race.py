@@ -144,9 +144,7 @@ class Rounds:
         key = (id(task), seed)
         if key not in self._tasks:
             self._tasks[key] = task.resampled(seed)
-        tags = {"search.race": str(trial.user_attrs[names.RACE_FINALIST]),
-                "search.race.round": str(trial.user_attrs[names.RACE_ROUND]),
-                "search.race.resampling": str(seed)}
+        tags = {tag: str(trial.user_attrs[attr]) for attr, tag in names.RACE_TAGS.items()}
         return self._tasks[key], dataclasses.replace(settings, seed=seed), tags
 
 

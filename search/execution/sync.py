@@ -1,8 +1,10 @@
 """Making a study's MLflow view whole again from its Optuna record (python -m search.sync): fail
 the trials of dead workers on this host, find or rebuild the experiment and parent run, rebuild
-the runs of finished trials."""
+the runs of finished trials; then the same for the study's race, if it has one."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from search.core import names
 from search.core.errors import UsageError, first_line
@@ -19,6 +21,9 @@ from search.tracking.rebuild import (
     tracking_client,
 )
 from search.tracking.tracker import EXPERIMENT_KIND
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def sync(*, study: str, name: str | None = None, storage: str | None = None,
@@ -77,8 +82,41 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
                             metrics=tuple(metrics), settle_seconds=settle, fresh=lost)
         if rebuilt:
             end_parent(found, client, parent)
+        race = found.user_attrs.get(names.RACE_STUDY)
+        if race:
+            report.race = _sync_race(stores.storage, race, client, experiment_id, parent,
+                                     metrics=tuple(metrics), settle=settle, warnings=warnings)
     except TrackingStoreError as e:
         raise UsageError(f"tracking store {mask_url(stores.tracking_uri)!r}: "
                          f"{mask_text(first_line(e), stores.tracking_uri)}") from None
     report.lost, report.parent_rebuilt, report.warnings = lost, rebuilt, warnings
+    return report
+
+
+def _sync_race(storage: str, name: str, client: MlflowClient, experiment_id: str, parent: str,
+               *, metrics: tuple[str, ...], settle: float, warnings: list[str]
+               ) -> SyncReport | None:
+    """The study's race (search.execution.race) as the study: its lost runs failed, its run
+    found or rebuilt under the study's run, a run for each of its finished runs."""
+    from search.storage.reading import load
+
+    try:
+        race = load(storage, name, name)
+    except UsageError:
+        warnings.append(f"the study names its race {name!r}, which is not in the storage: "
+                        "its runs were not synced")
+        return None
+    lost = recovery.fail_lost_trials(
+        race, lost=recovery.local_worker_dead,
+        on_lost=lambda trial, reason, retry: note_warning(
+            warnings, end_lost_run(client, experiment_id, trial, reason, retry)))
+    run, rebuilt = find_parent(race, client, experiment_id, metrics=metrics, role="race",
+                               tags={"mlflow.parentRunId": parent})
+    if client.get_run(run).data.tags.get("mlflow.parentRunId") != parent:
+        client.set_tag(run, "mlflow.parentRunId", parent)  # the study's run was rebuilt
+    report = sync_study(race, client, experiment_id=experiment_id, parent_run_id=run,
+                        metrics=metrics, settle_seconds=settle, fresh=lost)
+    if rebuilt:
+        end_parent(race, client, run)
+    report.lost, report.parent_rebuilt = lost, rebuilt
     return report

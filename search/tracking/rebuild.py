@@ -41,6 +41,7 @@ class SyncReport:
     lost: list[int] = field(default_factory=list)  # trials failed as "worker lost" (the CLI)
     parent_rebuilt: bool = False  # (the CLI)
     warnings: list[str] = field(default_factory=list)
+    race: SyncReport | None = None  # the study's race, synced after it (the CLI)
 
     def line(self) -> str:
         """One line that says what the sync did, e.g. "study 'digits': 20 finished trials;
@@ -67,16 +68,20 @@ def _count(n: int, word: str) -> str:
 
 
 def find_parent(study: optuna.Study, client: MlflowClient, experiment_id: str, *,
-                metrics: Sequence[str], tags: dict[str, str]) -> tuple[str, bool]:
+                metrics: Sequence[str], tags: dict[str, str],
+                role: str = "study") -> tuple[str, bool]:
     """The study's parent run, rebuilt if gone; (its id, whether it was rebuilt).
 
     In order: the run in the study's `mlflow_parent_run_id` if still active, else the oldest
     active run tagged as the study's, else a new one; its id is stored back in the study.
+    `role`: "race" for a race's study (search.execution.race), whose run is the parent of its
+    runs and is nested under the study's run (`tags` then name that run's parent).
     """
     stored, name = study.user_attrs.get(names.MLFLOW_PARENT_RUN_ID), study.study_name
     run = _get_run(client, stored, experiment_id) if stored else None
     if run is None:
-        found = sorted((r for r in _search(client, experiment_id, "tags.`search.role` = 'study'")
+        found = sorted((r for r in _search(client, experiment_id,
+                                           f"tags.`search.role` = '{role}'")
                         if r.data.tags.get("optuna.study_name") == name),
                        key=lambda r: (r.info.start_time, r.info.run_id))
         run = found[0] if found else None
@@ -88,7 +93,7 @@ def find_parent(study: optuna.Study, client: MlflowClient, experiment_id: str, *
                   **{k: attrs[k] for k in ("epochs", "seed", "backbone", "resolution", "init",
                                            "teacher") if attrs.get(k) is not None}}
         run = client.create_run(experiment_id, run_name=name, tags={
-            "search.role": "study", "optuna.study_name": name, "search.backfilled": "true",
+            "search.role": role, "optuna.study_name": name, "search.backfilled": "true",
             **({"search.budget": str(attrs[names.BUDGET])} if names.BUDGET in attrs else {}),
             **tags})
         _log(client, run.info.run_id, params=params)
@@ -170,6 +175,9 @@ def _rebuild(client: MlflowClient, name: str, trial: FrozenTrial, experiment_id:
         tags["search.retry_of_trial"] = str(first)
     if trial.user_attrs.get(names.RECIPE):
         tags["search.recipe"] = str(trial.user_attrs[names.RECIPE])
+    for attr, tag in names.RACE_TAGS.items():  # a race's run: its finalist, round and resampling
+        if trial.user_attrs.get(attr) is not None:
+            tags[tag] = str(trial.user_attrs[attr])
     run_id = client.create_run(experiment_id, start_time=_ms(trial.datetime_start),
                                tags=tags, run_name=f"trial-{trial.number}").info.run_id
     epochs = [Metric(metrics[0], float(v), _ms(trial.datetime_complete), int(step))

@@ -332,3 +332,77 @@ def test_the_workers_run_the_race(workdir: Path) -> None:
     assert len(workers) == 2  # both workers took runs (neither is the launcher)
     assert not any(w.endswith(f":{__import__('os').getpid()}") for w in workers)
     assert names.RACE in load_study(workdir, "curves").user_attrs
+
+
+def test_timeout_is_one_deadline_for_the_search_and_its_race() -> None:
+    from search.execution.driver import time_left
+
+    now = __import__("time").monotonic()
+    assert time_left(None, now - 100) is None  # no --timeout: no deadline
+    assert time_left(10, now - 4) == pytest.approx(6, abs=0.5)  # the race gets what is left
+    assert time_left(3, now - 4) == 0.0  # the search used it all
+
+
+@pytest.mark.slow
+@pytest.mark.race
+def test_a_race_cut_short_by_the_timeout_exits_1_and_the_same_command_finishes_it(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from search.execution import driver
+
+    real = driver.time_left
+    monkeypatch.setattr(driver, "time_left",  # the search spent the whole --timeout
+                        lambda timeout, started: None if timeout is None else 0.0)
+    argv = [*CURVES, "--trials", "6", "--epochs", "3", "--race", "2,2", "--pruner", "none"]
+    assert main([*argv, "--timeout", "600"]) == 1
+    out = capsys.readouterr().out
+    assert "the race stopped short (--timeout): run the same command again" in out
+    assert "answer:" not in out
+    study = load_study(workdir, "curves")
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 6
+    assert names.RACE not in study.user_attrs  # nothing decided
+    runs = _race_runs(workdir, "curves")
+    assert runs and all(t.state == TrialState.WAITING for t in runs)  # queued, none trained
+    monkeypatch.setattr(driver, "time_left", real)
+    assert main(argv) == 0
+    assert "answer:" in capsys.readouterr().out
+    assert names.RACE in load_study(workdir, "curves").user_attrs
+
+
+@pytest.mark.slow
+@pytest.mark.race
+def test_search_sync_rebuilds_the_races_runs(workdir: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from search.sync import main as sync
+
+    assert main([*CURVES, "--trials", "6", "--epochs", "3", "--race", "2,2",
+                 "--pruner", "none"]) == 0
+    study = load_study(workdir, "curves")
+    race_study = load_study(workdir, study.user_attrs[names.RACE_STUDY])
+    mlflow = client(workdir)
+    experiment = mlflow.get_experiment_by_name("curves")
+    assert experiment is not None
+    every = mlflow.search_runs([experiment.experiment_id], max_results=1000)
+    old = next(r for r in every if r.data.tags.get("search.role") == "race")
+    for run in every:  # the race's run and its runs, gone from MLflow
+        if run.info.run_id == old.info.run_id or \
+                run.data.tags.get("mlflow.parentRunId") == old.info.run_id:
+            mlflow.delete_run(run.info.run_id)
+    capsys.readouterr()
+
+    assert sync(["--study", "curves", "--settle", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    trained = [t for t in race_study.trials if t.state == TrialState.COMPLETE]
+    assert out[-1] == (f"study {race_study.study_name!r}: {len(race_study.trials)} finished "
+                       f"trials; {len(trained)} runs rebuilt, parent run rebuilt")
+    every = mlflow.search_runs([experiment.experiment_id], max_results=1000)
+    rebuilt = next(r for r in every if r.data.tags.get("search.role") == "race")
+    assert rebuilt.info.run_id != old.info.run_id
+    assert rebuilt.data.tags["mlflow.parentRunId"] == study.user_attrs[names.MLFLOW_PARENT_RUN_ID]
+    tracked = {(r.data.tags["search.race"], r.data.tags["search.race.round"],
+                r.data.tags["search.race.resampling"]) for r in every
+               if r.data.tags.get("mlflow.parentRunId") == rebuilt.info.run_id}
+    assert tracked == {(t.user_attrs[names.RACE_FINALIST], str(t.user_attrs[names.RACE_ROUND]),
+                        str(t.user_attrs[names.RACE_RESAMPLING])) for t in trained}
+    assert sync(["--study", "curves", "--settle", "0"]) == 0  # a second sync changes nothing
+    assert capsys.readouterr().out.splitlines()[-1].endswith("finished trials; nothing to do")
