@@ -4,8 +4,6 @@ the runs of finished trials; then the same for the study's race, if it has one."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from search.core import names
 from search.core.errors import UsageError, first_line
 from search.core.urls import mask_text, mask_url
@@ -13,6 +11,7 @@ from search.execution import recovery
 from search.tracking import end_lost_run
 from search.tracking.rebuild import (
     SyncReport,
+    TrackingClient,
     TrackingStoreError,
     end_parent,
     find_parent,
@@ -21,9 +20,6 @@ from search.tracking.rebuild import (
     tracking_client,
 )
 from search.tracking.tracker import EXPERIMENT_KIND
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 
 def sync(*, study: str, name: str | None = None, storage: str | None = None,
@@ -93,7 +89,7 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
     return report
 
 
-def _sync_race(storage: str, name: str, client: MlflowClient, experiment_id: str, parent: str,
+def _sync_race(storage: str, name: str, client: TrackingClient, experiment_id: str, parent: str,
                *, metrics: tuple[str, ...], settle: float, warnings: list[str]
                ) -> SyncReport | None:
     """The study's race (search.execution.race) as the study: its lost runs failed, its run

@@ -23,6 +23,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 NO_ARTIFACTS = ("not available: this run was rebuilt by search.sync from Optuna's storage, "
                 "which holds no artifacts (config, confusion matrix, model) or epoch timings")
 TrackingStoreError = MlflowException  # what the tracking store raises, for the command
+TrackingClient = MlflowClient  # the client's type, for callers outside search.tracking
 
 
 def tracking_client(client_uri: str) -> MlflowClient:
