@@ -4,6 +4,8 @@ the runs of finished trials; then the same for the study's race, if it has one."
 
 from __future__ import annotations
 
+import optuna
+
 from search.core import names
 from search.core.errors import UsageError, first_line
 from search.core.urls import mask_text, mask_url
@@ -65,19 +67,13 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
                          "restore) or purge it (mlflow gc) before a sync")
     warnings: list[str] = []
     try:
-        lost = recovery.fail_lost_trials(
-            found, lost=recovery.local_worker_dead,
-            on_lost=lambda trial, reason, retry: note_warning(
-                warnings, end_lost_run(client, experiment.experiment_id if experiment else None,
-                                       trial, reason, retry)))
+        lost = _fail_lost(found, client, experiment.experiment_id if experiment else None,
+                          warnings)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(
             name, artifact_location=stores.artifact_location, tags=EXPERIMENT_KIND)
-        parent, rebuilt = find_parent(found, client, experiment_id, metrics=metrics,
-                                      tags={"search.storage": mask_url(stores.storage)})
-        report = sync_study(found, client, experiment_id=experiment_id, parent_run_id=parent,
-                            metrics=tuple(metrics), settle_seconds=settle, fresh=lost)
-        if rebuilt:
-            end_parent(found, client, parent)
+        report, parent = _sync_runs(found, client, experiment_id, lost=lost,
+                                    metrics=tuple(metrics), settle=settle,
+                                    tags={"search.storage": mask_url(stores.storage)})
         race = found.user_attrs.get(names.RACE_STUDY)
         if race:
             report.race = _sync_race(stores.storage, race, client, experiment_id, parent,
@@ -85,8 +81,32 @@ def sync(*, study: str, name: str | None = None, storage: str | None = None,
     except TrackingStoreError as e:
         raise UsageError(f"tracking store {mask_url(stores.tracking_uri)!r}: "
                          f"{mask_text(first_line(e), stores.tracking_uri)}") from None
-    report.lost, report.parent_rebuilt, report.warnings = lost, rebuilt, warnings
+    report.warnings = warnings
     return report
+
+
+def _fail_lost(study: optuna.Study, client: TrackingClient, experiment_id: str | None,
+               warnings: list[str]) -> list[int]:
+    """Fail the trials of dead workers on this host, ending their runs; their numbers."""
+    return recovery.fail_lost_trials(
+        study, lost=recovery.local_worker_dead,
+        on_lost=lambda trial, reason, retry: note_warning(
+            warnings, end_lost_run(client, experiment_id, trial, reason, retry)))
+
+
+def _sync_runs(study: optuna.Study, client: TrackingClient, experiment_id: str, *,
+               lost: list[int], metrics: tuple[str, ...], settle: float, tags: dict[str, str],
+               role: str = "study") -> tuple[SyncReport, str]:
+    """The study's parent run found or rebuilt, and a run for each of its finished trials;
+    (the report, the parent run's id)."""
+    parent, rebuilt = find_parent(study, client, experiment_id, metrics=metrics, tags=tags,
+                                  role=role)
+    report = sync_study(study, client, experiment_id=experiment_id, parent_run_id=parent,
+                        metrics=metrics, settle_seconds=settle, fresh=lost)
+    if rebuilt:
+        end_parent(study, client, parent)
+    report.lost, report.parent_rebuilt = lost, rebuilt
+    return report, parent
 
 
 def _sync_race(storage: str, name: str, client: TrackingClient, experiment_id: str, parent: str,
@@ -102,17 +122,9 @@ def _sync_race(storage: str, name: str, client: TrackingClient, experiment_id: s
         warnings.append(f"the study names its race {name!r}, which is not in the storage: "
                         "its runs were not synced")
         return None
-    lost = recovery.fail_lost_trials(
-        race, lost=recovery.local_worker_dead,
-        on_lost=lambda trial, reason, retry: note_warning(
-            warnings, end_lost_run(client, experiment_id, trial, reason, retry)))
-    run, rebuilt = find_parent(race, client, experiment_id, metrics=metrics, role="race",
-                               tags={"mlflow.parentRunId": parent})
+    lost = _fail_lost(race, client, experiment_id, warnings)
+    report, run = _sync_runs(race, client, experiment_id, lost=lost, metrics=metrics,
+                             settle=settle, tags={"mlflow.parentRunId": parent}, role="race")
     if client.get_run(run).data.tags.get("mlflow.parentRunId") != parent:
         client.set_tag(run, "mlflow.parentRunId", parent)  # the study's run was rebuilt
-    report = sync_study(race, client, experiment_id=experiment_id, parent_run_id=run,
-                        metrics=metrics, settle_seconds=settle, fresh=lost)
-    if rebuilt:
-        end_parent(race, client, run)
-    report.lost, report.parent_rebuilt = lost, rebuilt
     return report
