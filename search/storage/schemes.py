@@ -23,6 +23,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, Jour
 
 from search.core.errors import UsageError
 from search.core.urls import mask_url, scheme, sqlite_file
+from search.storage.journal_lock import FlockLock
 
 
 def _no_file(url: str) -> str | None:
@@ -65,7 +66,7 @@ def _journal_file(url: str) -> BaseJournalBackend:
     if path.is_dir():
         raise UsageError(f"storage {url!r} is a folder: give a journal file path inside it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalFileBackend(str(path))
+    return JournalFileBackend(str(path), lock_obj=FlockLock(str(path)))
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
