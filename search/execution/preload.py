@@ -12,6 +12,14 @@ from __future__ import annotations
 
 import gc
 import importlib
+import warnings
+
+# A forked worker is prepared as multiprocessing prepares any child of a `python -m search.run`
+# parent: it runs search.run again as its `__mp_main__` (where the worker's main is unpickled
+# from), and runpy warns, on the launcher's stderr, that search.run is already imported: it is,
+# on purpose, in MODULES below. Expected here, so not shown; forked workers inherit the filter.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy",
+                        message="'search.run' found in sys.modules")
 
 MODULES = ("torch", "torchvision", "mlflow", "optuna", "sklearn.metrics", "search.run",
            "search.execution.session", "search.execution.trial", "search.tracking.writer",
