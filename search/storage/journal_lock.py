@@ -12,10 +12,10 @@ with the grace period, waiters that break the lock together can each believe the
 An `flock` lock has neither problem: it is the kernel's, and it goes with the last descriptor
 of its holder; the journal file serves the processes of one node (search.storage.schemes),
 where `flock` is exact. Written here because Optuna offers no such lock, and the `filelock`
-package's polls (a non-blocking try, then a sleep of its poll interval), which would add that
-sleep to every append that meets another: here the waiter blocks in the kernel and wakes as
-the holder lets go. A plain Optuna
-script that appends to the same journal while a search runs takes Optuna's lock, not this one.
+package polls (a non-blocking try, then a sleep of its poll interval), which would add that
+sleep to every append that meets another; here the waiter blocks in the kernel and wakes as the
+holder lets go. A plain Optuna script that appends to the same journal while a search runs
+takes Optuna's lock, not this one.
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ class FlockLock(BaseJournalFileLock):
 
     def acquire(self) -> bool:
         self._threads.acquire()
+        fd = None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # an interrupt while waiting, say: nothing is left held
+            if fd is not None:
                 os.close(fd)
-                raise
-        except BaseException:
             self._threads.release()
             raise
         self._fd = fd

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -28,12 +29,12 @@ time.sleep(120)
 """
 
 
-def _within(seconds: float, work: object) -> bool:
+def _within(seconds: float, work: Callable[[], object]) -> bool:
     """Whether `work()` returned within `seconds` (a hang must fail the test, not stop it)."""
     done = threading.Event()
 
     def run() -> None:
-        work()  # type: ignore[operator]
+        work()
         done.set()
 
     threading.Thread(target=run, daemon=True).start()
@@ -65,8 +66,12 @@ def test_the_lock_excludes_another_holder_until_it_is_released(tmp_path: Path) -
     first, second = FlockLock(str(tmp_path / "j")), FlockLock(str(tmp_path / "j"))
     first.acquire()
     taken = threading.Event()
-    waiter = threading.Thread(target=lambda: (second.acquire(), taken.set()), daemon=True)
-    waiter.start()
+
+    def take() -> None:
+        second.acquire()
+        taken.set()
+
+    threading.Thread(target=take, daemon=True).start()
     assert not taken.wait(0.3)
     first.release()
     assert taken.wait(10)
